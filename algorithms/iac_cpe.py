@@ -161,7 +161,11 @@ def load_minari(cfg: TrainConfig):
     import minari
     if cfg.dataset_path is not None:
         folder = Path(cfg.dataset_path).expanduser()
-        return minari.MinariDataset(folder / "data" if (folder / "data").is_dir() else folder)
+        folder = folder / "data" if (folder / "data").is_dir() else folder
+        if not (folder / "metadata.json").exists():
+            raise InputError(f"dataset_path {cfg.dataset_path} is neither a Minari dataset folder "
+                             "(<id>/data/metadata.json) nor a D4RL .hdf5 file")
+        return minari.MinariDataset(folder)
     root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
     try:
         return minari.load_dataset(cfg.dataset_id, download=cfg.download)
@@ -310,8 +314,8 @@ class IACCPE:
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # pibar = pi'_k
         self.critic = TwinQ(obs_dim, act_dim, cfg).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
 
     def update(self, s, a, r, s_next, done) -> Dict[str, torch.Tensor]:
         """One iteration k of Algorithm 1 on a batch (shapes as ``ReplayBuffer.sample``).

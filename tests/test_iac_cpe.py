@@ -202,6 +202,7 @@ def test_no_reference_scores_logs_raw_returns(iac_cpe, tmp_path, capsys):
     (dict(delta_q="max"), "delta_q"),
     (dict(dataset_path="nowhere/hopper-medium-v2.hdf5"), "dataset_path nowhere"),
     (dict(env="HalfCheetah-v5"), "set env to the dataset's env"),
+    (dict(dataset_path=str(ROOT / "configs")), "neither a Minari dataset folder"),
 ])
 def test_bad_config_fails_before_training(iac_cpe, tmp_path, kw, field):
     with pytest.raises(iac_cpe.InputError, match=field):

@@ -1,0 +1,113 @@
+"""Updates per second of each algorithm's real training step (batch sampling + update).
+
+The buffer is synthetic but shaped like D4RL (hopper: obs 11, act 3; halfcheetah: obs 17, act 6;
+1M transitions); the networks, sampling and update are the algorithm file's own, imported as a
+module. Each repetition times ``--steps`` updates after ``--warmup`` untimed ones; the report
+gives min / median / max over ``--reps`` repetitions per torch thread count.
+
+    python benchmarks/throughput.py --algos iac_cpe --threads 1 2
+
+Writes ``results/throughput.md`` and ``results/throughput.json`` (``--out`` to change). Speed on
+a 2-core CPU collapses when anything else runs, so the load average is checked and recorded.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
+# how to build each algorithm's agent from its module: (module, obs_dim, act_dim, cfg, device)
+AGENTS = {"iac_cpe": lambda m, o, a, cfg, dev: m.IACCPE(o, a, cfg, dev)}
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "algorithms" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic_buffer(mod, obs_dim: int, act_dim: int, n: int, device: torch.device):
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
+    data = mod.Dataset(obs, rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+                       rng.normal(size=n).astype(np.float32), obs[::-1].copy(),
+                       (rng.random(n) < 0.001).astype(np.float32), None, None, None, "synthetic")
+    return mod.ReplayBuffer(data, True, device)
+
+
+def time_updates(agent, buffer, batch_size: int, steps: int, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        losses = agent.update(*buffer.sample(batch_size))
+    float(losses["critic_loss"])  # wait for the last step
+    return steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algos", nargs="+", default=list(AGENTS))
+    p.add_argument("--envs", nargs="+", default=["hopper"], choices=list(SHAPES))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--transitions", type=int, default=1_000_000)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
+    args = p.parse_args()
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"warning: load average {load_before:.2f}; numbers on a busy machine are not comparable")
+    rows = []
+    for algo in args.algos:
+        mod = load(algo)
+        for env in args.envs:
+            for dev_name in args.devices:
+                device = torch.device(dev_name)
+                buffer = synthetic_buffer(mod, *SHAPES[env], args.transitions, device)
+                for threads in (args.threads if device.type == "cpu" else [torch.get_num_threads()]):
+                    torch.set_num_threads(threads)
+                    torch.manual_seed(0)
+                    cfg = mod.TrainConfig(dataset_id="synthetic", device=dev_name)
+                    agent = AGENTS[algo](mod, *SHAPES[env], cfg, device)
+                    time_updates(agent, buffer, cfg.batch_size, args.warmup, device)
+                    rates = [time_updates(agent, buffer, cfg.batch_size, args.steps, device)
+                             for _ in range(args.reps)]
+                    row = {"algo": algo, "env": env, "device": dev_name, "threads": threads,
+                           "min": min(rates), "median": statistics.median(rates), "max": max(rates)}
+                    rows.append(row)
+                    print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
+                          f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})")
+    meta = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
+            "warmup": args.warmup, "steps": args.steps, "reps": args.reps,
+            "transitions": args.transitions}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['cores']} cores, load "
+             f"average {load_before:.2f} before / {meta['load_avg_after']:.2f} after; {args.warmup} warm-up "
+             f"updates, then {args.reps} x {args.steps} timed updates (batch sampling included).", "",
+             "| algorithm | buffer | device | threads | updates/s median | min | max |", "|---|---|---|---|---|---|---|"]
+    size = f"{args.transitions / 1e6:g}M" if args.transitions >= 1e6 else f"{args.transitions}"
+    lines += [f"| {r['algo']} | {r['env']} {size} | {r['device']} | {r['threads']} | {r['median']:.0f} | "
+              f"{r['min']:.0f} | {r['max']:.0f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

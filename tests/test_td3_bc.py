@@ -1,0 +1,59 @@
+"""TD3+BC: the lambda-normalised actor loss, target smoothing, a short run, resume equality."""
+import json
+
+import pytest
+import torch
+
+from conftest import SHIPPED, load_algorithm
+
+TINY = dict(hidden_dim=32, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False, wandb_mode="disabled")
+
+
+@pytest.fixture(scope="module")
+def td3_bc():
+    return load_algorithm("td3_bc")
+
+
+def config(mod, tmp_path, **kw):
+    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **TINY)
+    return mod.TrainConfig(**{**base, **kw})
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_actor_loss_normalises_q_by_its_mean_magnitude(td3_bc):
+    q = torch.tensor([2.0, -4.0])  # mean|Q| = 3, mean Q = -1
+    pi = torch.tensor([[0.5, 0.0], [0.0, 0.0]])
+    a = torch.tensor([[0.0, 0.0], [0.0, 1.0]])  # mean squared error over B and dims = (0.25 + 1) / 4
+    loss = td3_bc.td3_bc_actor_loss(q, pi, a, alpha=2.5)
+    assert loss.item() == pytest.approx(-(2.5 / 3) * -1 + 1.25 / 4)
+    # scaling Q leaves the Q term unchanged: that is what the normalisation is for
+    assert td3_bc.td3_bc_actor_loss(100 * q, pi, a, 2.5).item() == pytest.approx(loss.item())
+    q.requires_grad_(True)
+    td3_bc.td3_bc_actor_loss(q, pi, a, 2.5).backward()  # the normaliser is detached
+    torch.testing.assert_close(q.grad, torch.full((2,), -(2.5 / 3) / 2))
+
+
+def test_actor_and_targets_move_only_every_policy_freq_steps(td3_bc):
+    cfg = td3_bc.TrainConfig(dataset_id="x", hidden_dim=16)
+    agent = td3_bc.TD3BC(4, 2, cfg, torch.device("cpu"))
+    batch = (torch.randn(8, 4), torch.rand(8, 2) * 2 - 1, torch.randn(8), torch.randn(8, 4), torch.zeros(8))
+    before = [p.clone() for p in (*agent.actor.parameters(), *agent.critic_target.parameters())]
+    out = agent.update(*batch, step=1)
+    assert "actor_loss" not in out
+    assert all(torch.equal(p, q) for p, q in zip(before, (*agent.actor.parameters(), *agent.critic_target.parameters())))
+    out = agent.update(*batch, step=2)
+    assert "actor_loss" in out
+    assert not torch.equal(before[0], next(agent.actor.parameters()))
+
+
+def test_short_run_writes_metrics_and_resumes_identically(td3_bc, tmp_path):
+    full = td3_bc.train(config(td3_bc, tmp_path, max_timesteps=300, name="full"))
+    part = td3_bc.train(config(td3_bc, tmp_path, max_timesteps=200, name="part"))
+    assert (part / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(part)] == [100, 200]
+    td3_bc.train(td3_bc.parse_config(["--resume", str(part), "--max_timesteps", "300"]))
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]  # noqa: E731
+    assert drop(read_metrics(part)) == drop(read_metrics(full))
+    assert all(r["normalized_score"] is not None and "actor_loss" in r for r in read_metrics(full))
