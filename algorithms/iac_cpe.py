@@ -10,8 +10,13 @@ There is no public code. Every choice the paper leaves open is a config field wh
 the proposal of our fact sheet (shared/reference/algorithms.md sec. 6), grounded on CORL's AWAC:
 3x256 ReLU actor and twin critics, Gaussian policy with state-independent log-std in [-5, 2],
 one action pair per state drawn from pibar and clamped to [-1, 1], dQ from min(Q1, Q2) of the
-online critics after this step's critic update (detached), beta = 3, lambda_ = 1, Adam 3e-4,
-batch 256, discount 0.99, tau 0.005, states normalised, raw rewards, terminal mask in eq. 13.
+online critics after this step's critic update (detached), beta = 3, Adam 3e-4, batch 256,
+discount 0.99, tau 0.005, states normalised, raw rewards, terminal mask in eq. 13.
+One default departs from the fact sheet: lambda_ = 10, not 1. With lambda_ = 1 the policy left the
+data and the critic diverged on our Hopper data (Q -> 1.5e5 in 40k updates). At the eq. (12)
+fixed point the policy mean sits about 4 * beta * sigma^2 * dQ/da / lambda_ from the data action,
+so only beta / lambda_ matters to first order; a 5k-update screen (results/iac_cpe_hopper_local.md)
+kept Q bounded for lambda_ = 10 and for beta = 0.3.
 
 Data: a Minari dataset (``dataset_id``, or a dataset folder in ``dataset_path``) or a D4RL -v2
 HDF5 file (``dataset_path``), read with h5py the way ``d4rl.qlearning_dataset`` reads it.
@@ -53,7 +58,7 @@ class TrainConfig:
     normalize: bool = True  # normalise states with dataset mean/std (+1e-3)
     # IAC-CPE (eq. 12); see the module docstring for where each default comes from
     beta: float = 3.0  # inverse temperature on dQ
-    lambda_: float = 1.0  # weight of the BC term
+    lambda_: float = 10.0  # weight of the BC term (1.0 diverged on our Hopper data; see results)
     n_pairs: int = 1  # action pairs (a1, a2) per state
     delta_q: str = "online_min"  # Q giving dQ: online_min | online_mean | target_min
     beta_dq_clip: Optional[float] = None  # clip beta*dQ to +-this (e.g. 4.61 = log 100); None = off

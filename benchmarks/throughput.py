@@ -5,13 +5,14 @@ The buffer is synthetic but shaped like D4RL (hopper: obs 11, act 3; halfcheetah
 module. Each repetition times ``--steps`` updates after ``--warmup`` untimed ones; the report
 gives min / median / max over ``--reps`` repetitions per torch thread count.
 
-    python benchmarks/throughput.py --algos iac_cpe --threads 1 2
+    python benchmarks/throughput.py --threads 1 2
 
 Writes ``results/throughput.md`` and ``results/throughput.json`` (``--out`` to change). Speed on
 a 2-core CPU collapses when anything else runs, so the load average is checked and recorded.
 """
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -25,8 +26,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
-# how to build each algorithm's agent from its module: (module, obs_dim, act_dim, cfg, device)
-AGENTS = {"iac_cpe": lambda m, o, a, cfg, dev: m.IACCPE(o, a, cfg, dev)}
+AGENT_CLASS = {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC"}
+
+
+def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device):
+    """The algorithm's own update step as ``update(*batch)``; TD3+BC also needs the iteration."""
+    agent = getattr(mod, AGENT_CLASS[algo])(obs_dim, act_dim, cfg, device)
+    if algo != "td3_bc":
+        return agent.update
+    it = itertools.count(1)
+    return lambda *batch: agent.update(*batch, step=next(it))
 
 
 def load(name: str):
@@ -45,19 +54,19 @@ def synthetic_buffer(mod, obs_dim: int, act_dim: int, n: int, device: torch.devi
     return mod.ReplayBuffer(data, True, device)
 
 
-def time_updates(agent, buffer, batch_size: int, steps: int, device: torch.device) -> float:
+def time_updates(update, buffer, batch_size: int, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        losses = agent.update(*buffer.sample(batch_size))
+        losses = update(*buffer.sample(batch_size))
     float(losses["critic_loss"])  # wait for the last step
     return steps / (time.perf_counter() - t0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algos", nargs="+", default=list(AGENTS))
+    p.add_argument("--algos", nargs="+", default=list(AGENT_CLASS), choices=list(AGENT_CLASS))
     p.add_argument("--envs", nargs="+", default=["hopper"], choices=list(SHAPES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -81,9 +90,9 @@ def main() -> None:
                     torch.set_num_threads(threads)
                     torch.manual_seed(0)
                     cfg = mod.TrainConfig(dataset_id="synthetic", device=dev_name)
-                    agent = AGENTS[algo](mod, *SHAPES[env], cfg, device)
-                    time_updates(agent, buffer, cfg.batch_size, args.warmup, device)
-                    rates = [time_updates(agent, buffer, cfg.batch_size, args.steps, device)
+                    update = make_update(algo, mod, *SHAPES[env], cfg, device)
+                    time_updates(update, buffer, cfg.batch_size, args.warmup, device)
+                    rates = [time_updates(update, buffer, cfg.batch_size, args.steps, device)
                              for _ in range(args.reps)]
                     row = {"algo": algo, "env": env, "device": dev_name, "threads": threads,
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates)}

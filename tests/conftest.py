@@ -1,5 +1,6 @@
 """Shared test helpers: load an algorithm file as a module (the files are scripts, not a package)."""
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,3 +30,43 @@ def _offline_env(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+
+
+TINY = dict(hidden_dim=32, n_hidden=2, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False,
+            wandb_mode="disabled")
+
+
+def make_config(mod, tmp_path, **kw):
+    """A tiny, fast config of algorithm module ``mod`` on the shipped medium-replay data."""
+    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **TINY)
+    return mod.TrainConfig(**{**base, **kw})
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]
+
+
+def check_resume_matches(mod, tmp_path):
+    """300 updates straight vs 200, then ``--resume`` to 300: same metrics, same networks.
+    Returns the two run dirs (full, resumed)."""
+    import torch
+    full = mod.train(make_config(mod, tmp_path, max_timesteps=300, name="full"))
+    part = mod.train(make_config(mod, tmp_path, max_timesteps=200, name="part"))
+    assert (part / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(part)] == [100, 200]
+    with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
+        f.write(json.dumps({"step": 250}) + "\n")
+    cfg = mod.parse_config(["--resume", str(part), "--max_timesteps", "300"])
+    assert cfg.hidden_dim == TINY["hidden_dim"] and cfg.name == "part"  # the saved config is the base
+    mod.train(cfg)
+    assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
+    assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in (full, part))
+    for net in a:
+        if not net.endswith(("opt", "sched")):
+            for k in a[net]:
+                torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
+    return full, part

@@ -1,5 +1,4 @@
 """IAC-CPE: losses on hand-computed inputs, data pipelines, CLI, run outputs, resume, bad input."""
-import json
 import os
 import subprocess
 import sys
@@ -10,20 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHIPPED
+from conftest import ROOT, SHIPPED, check_resume_matches, make_config, read_metrics
 
 MEDIUM_REPLAY = SHIPPED / "medium-replay-v0"
-TINY = dict(hidden_dim=32, n_hidden=2, batch_size=64, eval_freq=100, n_episodes=2,
-            progress_bar=False, wandb_mode="disabled")
-
-
-def config(mod, tmp_path, **kw):
-    base = dict(dataset_path=str(MEDIUM_REPLAY), output_dir=str(tmp_path / "runs"), name="t", **TINY)
-    return mod.TrainConfig(**{**base, **kw})
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+config = make_config
 
 
 # ----------------------------------------------------------------------------------- losses
@@ -163,20 +152,7 @@ def test_reference_override_normalises_returns(iac_cpe, tmp_path):
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(iac_cpe, tmp_path):
-    full = iac_cpe.train(config(iac_cpe, tmp_path, max_timesteps=300, name="full"))
-    part = iac_cpe.train(config(iac_cpe, tmp_path, max_timesteps=200, name="part"))
-    with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
-        f.write(json.dumps({"step": 250}) + "\n")
-    cfg = iac_cpe.parse_config(["--resume", str(part), "--max_timesteps", "300"])
-    assert cfg.hidden_dim == 32 and cfg.name == "part"  # the run's saved config is the base
-    iac_cpe.train(cfg)
-    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]  # noqa: E731
-    assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
-    assert drop(read_metrics(part)) == drop(read_metrics(full))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in (full, part))
-    for net in ("actor", "actor_target", "critic", "critic_target"):
-        for k in a[net]:
-            torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
+    check_resume_matches(iac_cpe, tmp_path)
 
 
 def test_no_reference_scores_logs_raw_returns(iac_cpe, tmp_path, capsys):

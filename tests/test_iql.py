@@ -1,28 +1,16 @@
 """IQL: expectile asymmetry, weight cap, reward scale, update orders, a short run, resume equality."""
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SHIPPED, load_algorithm
-
-TINY = dict(hidden_dim=32, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False, wandb_mode="disabled")
+from conftest import load_algorithm, make_config, read_metrics, without_timing
 
 
 @pytest.fixture(scope="module")
 def iql():
     return load_algorithm("iql")
-
-
-def config(mod, tmp_path, **kw):
-    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **TINY)
-    return mod.TrainConfig(**{**base, **kw})
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_expectile_loss_is_asymmetric(iql):
@@ -68,7 +56,7 @@ def test_both_update_orders_and_actor_types_train(iql, order):
 
 
 def test_interrupted_run_resumes_identically(iql, tmp_path, monkeypatch):
-    full = iql.train(config(iql, tmp_path, max_timesteps=300, name="full"))
+    full = iql.train(make_config(iql, tmp_path, max_timesteps=300, name="full"))
     save = iql.save_checkpoint
 
     def crash_after_step_200(path, agent, step, *rest):
@@ -78,10 +66,9 @@ def test_interrupted_run_resumes_identically(iql, tmp_path, monkeypatch):
 
     monkeypatch.setattr(iql, "save_checkpoint", crash_after_step_200)
     with pytest.raises(KeyboardInterrupt):
-        iql.train(config(iql, tmp_path, max_timesteps=300, name="part"))
+        iql.train(make_config(iql, tmp_path, max_timesteps=300, name="part"))
     monkeypatch.setattr(iql, "save_checkpoint", save)
     part = tmp_path / "runs" / "part"
     iql.train(iql.parse_config(["--resume", str(part)]))
-    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]  # noqa: E731
     assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
-    assert drop(read_metrics(part)) == drop(read_metrics(full))
+    assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))

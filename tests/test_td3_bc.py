@@ -1,26 +1,13 @@
 """TD3+BC: the lambda-normalised actor loss, target smoothing, a short run, resume equality."""
-import json
-
 import pytest
 import torch
 
-from conftest import SHIPPED, load_algorithm
-
-TINY = dict(hidden_dim=32, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False, wandb_mode="disabled")
+from conftest import check_resume_matches, load_algorithm, read_metrics
 
 
 @pytest.fixture(scope="module")
 def td3_bc():
     return load_algorithm("td3_bc")
-
-
-def config(mod, tmp_path, **kw):
-    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **TINY)
-    return mod.TrainConfig(**{**base, **kw})
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_actor_loss_normalises_q_by_its_mean_magnitude(td3_bc):
@@ -50,10 +37,5 @@ def test_actor_and_targets_move_only_every_policy_freq_steps(td3_bc):
 
 
 def test_short_run_writes_metrics_and_resumes_identically(td3_bc, tmp_path):
-    full = td3_bc.train(config(td3_bc, tmp_path, max_timesteps=300, name="full"))
-    part = td3_bc.train(config(td3_bc, tmp_path, max_timesteps=200, name="part"))
-    assert (part / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(part)] == [100, 200]
-    td3_bc.train(td3_bc.parse_config(["--resume", str(part), "--max_timesteps", "300"]))
-    drop = lambda rows: [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]  # noqa: E731
-    assert drop(read_metrics(part)) == drop(read_metrics(full))
+    full, _ = check_resume_matches(td3_bc, tmp_path)
     assert all(r["normalized_score"] is not None and "actor_loss" in r for r in read_metrics(full))

@@ -70,8 +70,6 @@ def rollout(env: gym.Env, act, n_transitions: int, seed: int, desc: str):
     Returns a list of ``minari.data_collector.EpisodeBuffer`` (observations float32, T+1 rows).
     The last episode is cut at the budget and then ends in a truncation.
     """
-    from minari.data_collector import EpisodeBuffer
-
     episodes, obs, done_steps = [], None, 0
     bar = tqdm(total=n_transitions, desc=desc, unit="step", leave=False)
     while done_steps < n_transitions:
