@@ -16,7 +16,8 @@ One default departs from the fact sheet: lambda_ = 10, not 1. With lambda_ = 1 t
 data and the critic diverged on our Hopper data (Q -> 1.5e5 in 40k updates). At the eq. (12)
 fixed point the policy mean sits about 4 * beta * sigma^2 * dQ/da / lambda_ from the data action,
 so only beta / lambda_ matters to first order; a 5k-update screen (results/iac_cpe_hopper_local.md)
-kept Q bounded for lambda_ = 10 and for beta = 0.3.
+kept Q bounded for lambda_ = 10 and for beta = 0.3. lambda_ = 10 still diverged on our
+medium-replay data after 80k updates: treat beta, lambda_ and beta_dq_clip as untuned.
 
 Data: a Minari dataset (``dataset_id``, or a dataset folder in ``dataset_path``) or a D4RL -v2
 HDF5 file (``dataset_path``), read with h5py the way ``d4rl.qlearning_dataset`` reads it.
