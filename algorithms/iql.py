@@ -241,8 +241,10 @@ class ReplayBuffer:
         to = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
         self.states = to((data.states - self.mean) / self.std)
         self.next_states = to((data.next_states - self.mean) / self.std)
-        r_min, r_max = return_range(data) if normalize_reward else (0.0, 1000.0)
-        self.reward_scale = 1000.0 / max(r_max - r_min, 1e-6)
+        self.reward_scale = 1.0
+        if normalize_reward:
+            r_min, r_max = return_range(data)
+            self.reward_scale = 1000.0 / max(r_max - r_min, 1e-6)
         self.actions = to(np.clip(data.actions, -1 + 1e-5, 1 - 1e-5))
         self.rewards, self.dones = to(data.rewards * self.reward_scale), to(data.dones)
 
