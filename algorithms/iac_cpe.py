@@ -12,12 +12,14 @@ the proposal of our fact sheet (shared/reference/algorithms.md sec. 6), grounded
 one action pair per state drawn from pibar and clamped to [-1, 1], dQ from min(Q1, Q2) of the
 online critics after this step's critic update (detached), beta = 3, Adam 3e-4, batch 256,
 discount 0.99, tau 0.005, states normalised, raw rewards, terminal mask in eq. 13.
-One default departs from the fact sheet: lambda_ = 10, not 1. With lambda_ = 1 the policy left the
-data and the critic diverged on our Hopper data (Q -> 1.5e5 in 40k updates). At the eq. (12)
-fixed point the policy mean sits about 4 * beta * sigma^2 * dQ/da / lambda_ from the data action,
-so only beta / lambda_ matters to first order; a 5k-update screen (results/iac_cpe_hopper_local.md)
-kept Q bounded for lambda_ = 10 and for beta = 0.3. lambda_ = 10 still diverged on our
-medium-replay data after 80k updates: treat beta, lambda_ and beta_dq_clip as untuned.
+Two defaults depart from the fact sheet, both chosen on our Hopper data (results/iac_cpe_hopper_local.md):
+- lambda_ = 10, not 1. With lambda_ = 1 the policy left the data and the critic diverged (Q -> 1.5e5
+  in 40k updates). At the eq. (12) fixed point the policy mean sits about
+  4 * beta * sigma^2 * dQ/da / lambda_ from the data action, so beta / lambda_ sets how far it leaves.
+- beta * dQ clipped to +-4.61 (log 100, the fact sheet's optional clip), not unclipped. With
+  lambda_ = 10 alone the critic still diverged on medium-replay after 80k updates: beta * dQ grows
+  with Q, which pushes the policy further off the data, which inflates Q. The clip cuts that loop;
+  Q then stayed flat through 100k updates. Set beta_dq_clip: null for the unclipped eq. (12).
 
 Data: a Minari dataset (``dataset_id``, or a dataset folder in ``dataset_path``) or a D4RL -v2
 HDF5 file (``dataset_path``), read with h5py the way ``d4rl.qlearning_dataset`` reads it.
@@ -59,10 +61,10 @@ class TrainConfig:
     normalize: bool = True  # normalise states with dataset mean/std (+1e-3)
     # IAC-CPE (eq. 12); see the module docstring for where each default comes from
     beta: float = 3.0  # inverse temperature on dQ
-    lambda_: float = 10.0  # weight of the BC term (1.0 diverged on our Hopper data; see results)
+    lambda_: float = 10.0  # weight of the BC term (1.0 diverged on our Hopper data; see docstring)
     n_pairs: int = 1  # action pairs (a1, a2) per state
     delta_q: str = "online_min"  # Q giving dQ: online_min | online_mean | target_min
-    beta_dq_clip: Optional[float] = None  # clip beta*dQ to +-this (e.g. 4.61 = log 100); None = off
+    beta_dq_clip: Optional[float] = 4.61  # clip beta*dQ to +-this (4.61 = log 100); None = off
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     # networks and optimisation

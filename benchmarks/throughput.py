@@ -26,19 +26,26 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
-AGENT_CLASS = {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC"}
+# benchmark name -> (algorithm file, agent class); spot_vae is SPOT's phase 1 (the VAE alone)
+AGENT_CLASS = {"iac_cpe": ("iac_cpe", "IACCPE"), "td3_bc": ("td3_bc", "TD3BC"), "iql": ("iql", "IQL"),
+               "awac": ("awac", "AWAC"), "spot": ("spot", "SPOT"), "spot_vae": ("spot", "SPOT"),
+               "por": ("por", "POR")}
 
 
 def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device):
-    """The algorithm's own update step as ``update(*batch)``; TD3+BC also needs the iteration."""
-    agent = getattr(mod, AGENT_CLASS[algo])(obs_dim, act_dim, cfg, device)
-    if algo != "td3_bc":
+    """The algorithm's own update step as ``update(*batch)``; TD3+BC and SPOT also need the
+    iteration, SPOT's VAE phase takes (s, a) only."""
+    agent = getattr(mod, AGENT_CLASS[algo][1])(obs_dim, act_dim, cfg, device)
+    if algo == "spot_vae":
+        return lambda s, a, *rest: agent.vae_update(s, a)
+    if algo not in ("td3_bc", "spot"):
         return agent.update
     it = itertools.count(1)
     return lambda *batch: agent.update(*batch, step=next(it))
 
 
 def load(name: str):
+    name = AGENT_CLASS[name][0]
     spec = importlib.util.spec_from_file_location(name, ROOT / "algorithms" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,7 +67,7 @@ def time_updates(update, buffer, batch_size: int, steps: int, device: torch.devi
     t0 = time.perf_counter()
     for _ in range(steps):
         losses = update(*buffer.sample(batch_size))
-    float(losses["critic_loss"])  # wait for the last step
+    float(next(iter(losses.values())))  # wait for the last step
     return steps / (time.perf_counter() - t0)
 
 

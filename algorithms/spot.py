@@ -1,0 +1,716 @@
+"""SPOT: Supported Policy Optimization, TD3 with a VAE behaviour-density regulariser, in one file.
+
+Paper: Wu, Wu, Qiu, Wang, Long. "Supported Policy Optimization for Offline Reinforcement
+Learning", NeurIPS 2022. Official code: github.com/thuml/SPOT (vae.py, train_vae.py, SPOT.py,
+main.py, configs/offline/*.yml); see shared/reference/algorithms.md sec. 4. Two phases, one run:
+  phase 1 (train_vae.py, slides eq. 7): a conditional VAE, encoder q(z|s,a) = N(mu, sigma^2)
+         (log sigma clamped to [-4, 15]), decoder D(s, z) in [-1, 1], prior N(0, I), trained on
+         L_VAE = mean_{B,dims} (D(s, z) - a)^2 + beta * mean_{B,latent} KL(N(mu, sigma^2) || N(0, I)),
+         z = mu + sigma * eps. With decoder p(a|z,s) = N(D(s,z), beta/4) and latent = 2|a| this is
+         beta / (2|a|) * (-ELBO) + const, so it is a scaled negative log-density bound.
+  phase 2 (SPOT.py, slides eq. 9): TD3 exactly as TD3+BC (see td3_bc.py) with the BC term replaced
+         by the density term. The VAE is frozen; gradients flow through it into pi(s):
+         critic (every step): y = r + discount * (1 - done) * min_i Qbar_i(s', clip(pibar(s') + eps, -1, 1)),
+                eps ~ N(0, policy_noise^2) clipped to +-noise_clip; L_Q = sum_i mean_B (Q_i(s,a) - y)^2
+         actor (every policy_freq steps): with q = Q_1(s, pi(s)) and n(s) ~ -log pi_beta(pi(s)|s),
+                L_pi = -mean_B q / mean_B |q| (detached) + lambda_ * mean_B n(s);
+                then Polyak(tau) on the actor and critic targets.
+         n(s) = L_VAE(s, pi(s)) per state (ELBO estimator, official default), or with ``iwae`` the
+         importance-sampled estimate (slides eq. 8) n(s) = -log (1/L) sum_l p(a|z_l,s) p(z_l) /
+         q(z_l|s,a), a = pi(s), z_l ~ q(.|s,a), L = num_samples, in nats.
+Defaults follow the official code: VAE 2x750 ReLU, latent 2|a|, beta 0.5, Adam 1e-3, 1e5 steps,
+batch 256 (train_vae.py); actor and critics 2x256 ReLU, actor dropout 0.1 after each hidden layer
+(on in training, also in the target actor giving a'; off in evaluation), Adam 3e-4 for both,
+batch 256, discount 0.99, tau 0.005, policy_noise 0.2, noise_clip 0.5, policy_freq 2, ELBO with
+L = 1, Q normalisation on, lambda_ 1.0 (main.py) overridden per dataset by configs/spot with the
+official configs/offline values (halfcheetah 0.05 / 0.05 / 1.0, hopper 0.1 / 0.1 / 0.2, walker2d
+0.2 / 0.2 / 0.5 for medium / medium-replay / medium-expert); states normalised in both phases,
+raw rewards; a run stops when the actor's mean Q exceeds q_abort = 1e4 (official kill switch).
+Where the slides differ, their variant is a config field, off by default:
+- iwae: true, num_samples: L > 1 = the importance-sampled estimator of slides eq. 8 (the slides'
+  "practical implementation" uses L = 1 and the ELBO, as the code does). It is in nats, about
+  2|a| / beta times the ELBO loss, so lambda_ must be retuned with it.
+- q_norm: false = slides eq. 9 as written (-Q, no 1/mean|Q|; the official ``--without_Q_norm``).
+- policy_freq: 1 = slides Algorithm 1 (actor and target update every iteration).
+Our choices (no official value): lambda_ for random and expert data, which the official code never
+ran (configs: random = the env's medium value, its weakest official one, since random data has the
+broadest support; expert = the env's medium-expert value, its strongest, since expert data is the
+narrowest); Minari simple = medium value; shipped local Hopper data = the hopper values by level.
+Deviations: the official code trains the VAE in a separate script once per dataset and reuses
+it for every seed; here phase 1 runs inside the run (1e5 steps, not train_vae.py's 1e5 + 1), and
+``vae_path`` reuses a trained VAE (a run directory, its vae.pt, or an official train_vae.py .pt:
+the layer names match) and skips phase 1. The official kill switch exits at once; here the check
+runs at each evaluation on the largest mean Q since the previous one (no host sync per step).
+
+Metrics: one metrics.jsonl and one checkpoint.pt for both phases. Every record has ``phase``
+("vae" or "policy") and ``step`` = actor-critic updates done, so phase-1 records have step <= 0
+(step = vae_step - vae_steps; the VAE losses every eval_freq VAE steps and at its end, step 0,
+no evaluation, normalized_score null) and policy records count like every other algorithm's.
+The trained VAE is also written to <run dir>/vae.pt when phase 1 ends.
+
+Data: a Minari dataset (``dataset_id``, or a dataset folder in ``dataset_path``) or a D4RL -v2
+HDF5 file (``dataset_path``), read with h5py the way ``d4rl.qlearning_dataset`` reads it.
+Usage: python algorithms/spot.py --config configs/spot/local/hopper/medium.yaml [--field value ...]
+       python algorithms/spot.py --config configs/spot/local/hopper/medium.yaml --vae_path runs/<run>
+       python algorithms/spot.py --resume runs/<run name> [--max_timesteps N]
+"""
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pyrallis
+import torch
+import torch.nn as nn
+import wandb
+import yaml
+from tqdm import tqdm
+
+
+@dataclass
+class TrainConfig:
+    # data: exactly one of dataset_id / dataset_path
+    dataset_id: Optional[str] = None  # Minari id, e.g. mujoco/hopper/medium-v0
+    dataset_path: Optional[str] = None  # Minari dataset folder or D4RL -v2 .hdf5 file
+    download: bool = False  # let Minari download dataset_id when it is not local
+    env: Optional[str] = None  # evaluation env id; default: the dataset's (D4RL files: the -v4 env)
+    ref_min_score: Optional[float] = None  # override the dataset's random-policy return
+    ref_max_score: Optional[float] = None  # override the dataset's expert return
+    normalize: bool = True  # normalise states with dataset mean/std (+1e-3), in both phases
+    # SPOT actor loss (SPOT.py / main.py defaults, where it is "lambd"; configs/spot set it per dataset)
+    lambda_: float = 1.0  # weight of the density term -log pi_beta(pi(s)|s)
+    q_norm: bool = True  # divide the Q term by mean|Q| (false: slides eq. 9, official --without_Q_norm)
+    iwae: bool = False  # density estimate: false = ELBO loss, true = importance sampling (slides eq. 8)
+    num_samples: int = 1  # latent samples L per state in the density estimate
+    q_abort: Optional[float] = 1e4  # stop when the actor's mean Q exceeds this; None = never
+    # TD3 (official defaults)
+    policy_noise: float = 0.2  # std of the target policy smoothing noise
+    noise_clip: float = 0.5  # clip of that noise
+    policy_freq: int = 2  # critic steps per actor step
+    actor_dropout: float = 0.1  # dropout after each hidden actor layer, on in training; 0 = off
+    # behaviour VAE, phase 1 (train_vae.py defaults)
+    vae_steps: int = 100_000  # VAE gradient steps; ignored with vae_path
+    vae_path: Optional[str] = None  # trained VAE (run dir, its vae.pt, or official .pt): skip phase 1
+    vae_hidden_dim: int = 750  # width of the 2 hidden layers of encoder and decoder
+    latent_dim: Optional[int] = None  # None = 2 * action dim
+    beta: float = 0.5  # KL weight; the decoder variance of the density model is beta / 4
+    vae_lr: float = 1e-3
+    # networks and optimisation
+    hidden_dim: int = 256
+    n_hidden: int = 2  # hidden layers in actor and critics
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    batch_size: int = 256  # both phases
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the actor and critic targets
+    max_timesteps: int = 1_000_000  # actor-critic gradient steps (phase 2)
+    # evaluation and run
+    eval_freq: int = 5000  # phase 2: evaluate every eval_freq steps; phase 1: log VAE losses
+    n_episodes: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when available, else cpu
+    torch_threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    output_dir: str = "runs"
+    name: Optional[str] = None  # run name; default spot-<dataset>-seed<seed>-<time>
+    resume: Optional[str] = None  # run directory to continue (its config.yaml is the base config)
+    progress_bar: bool = True
+    wandb_mode: Optional[str] = None  # online | offline | disabled; None = $WANDB_MODE or offline
+    wandb_project: str = "offline-rl"
+
+
+class InputError(ValueError):
+    """Bad config or data, reported before any training starts."""
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise InputError naming the field and the fix for values that cannot work."""
+    if (cfg.dataset_id is None) == (cfg.dataset_path is None):
+        raise InputError("give exactly one of dataset_id (a Minari id) and dataset_path (a Minari "
+                         f"folder or D4RL .hdf5); got dataset_id={cfg.dataset_id!r}, "
+                         f"dataset_path={cfg.dataset_path!r}")
+    for name in ("batch_size", "max_timesteps", "eval_freq", "n_episodes", "policy_freq", "hidden_dim",
+                 "n_hidden", "num_samples", "vae_hidden_dim"):
+        if getattr(cfg, name) <= 0:
+            raise InputError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.vae_path is None and cfg.vae_steps <= 0:
+        raise InputError(f"vae_steps must be positive (got {cfg.vae_steps}), or set vae_path to a trained VAE")
+    if cfg.latent_dim is not None and cfg.latent_dim <= 0:
+        raise InputError(f"latent_dim must be positive or null (= 2 * action dim), got {cfg.latent_dim}")
+    if cfg.beta <= 0 or cfg.lambda_ < 0:
+        raise InputError(f"beta must be > 0 and lambda_ >= 0; got beta={cfg.beta}, lambda_={cfg.lambda_}")
+    if not 0 <= cfg.actor_dropout < 1:
+        raise InputError(f"actor_dropout must be in [0, 1), got {cfg.actor_dropout}")
+    if not 0 < cfg.tau <= 1 or not 0 <= cfg.discount <= 1:
+        raise InputError(f"tau must be in (0, 1] and discount in [0, 1]; got {cfg.tau}, {cfg.discount}")
+    if cfg.wandb_mode not in (None, "online", "offline", "disabled"):
+        raise InputError(f"wandb_mode must be online, offline or disabled, got {cfg.wandb_mode!r}")
+    if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda")):
+        raise InputError(f"device must be auto, cpu or cuda[:i], got {cfg.device!r}")
+
+
+# ----------------------------------------------------------------------------------------- data
+# D4RL reference returns (d4rl/infos.py) and the Gymnasium env that replays each robot.
+D4RL_ENVS = {"halfcheetah": ("HalfCheetah-v4", -280.178953, 12135.0),
+             "hopper": ("Hopper-v4", -20.272305, 3234.3),
+             "walker2d": ("Walker2d-v4", 1.629008, 4592.3)}
+
+
+@dataclass
+class Dataset:
+    """Flat transitions (numpy, float32; N rows) plus what evaluation needs."""
+    states: np.ndarray  # (N, obs_dim)
+    actions: np.ndarray  # (N, act_dim)
+    rewards: np.ndarray  # (N,)
+    next_states: np.ndarray  # (N, obs_dim)
+    dones: np.ndarray  # (N,) 1.0 only for true terminations
+    env_id: Optional[str]
+    ref_min: Optional[float]
+    ref_max: Optional[float]
+    name: str
+
+
+def minari_transitions(episodes) -> Tuple[np.ndarray, ...]:
+    """Episodes with observations (T+1, obs) and actions/rewards/terminations (T, .) -> transitions
+    s = obs[:-1], s' = obs[1:], done = termination (a truncation never stops bootstrapping)."""
+    cols = [[], [], [], [], []]
+    for ep in episodes:
+        obs = np.asarray(ep.observations, dtype=np.float32)
+        for col, x in zip(cols, (obs[:-1], ep.actions, ep.rewards, obs[1:], ep.terminations)):
+            col.append(np.asarray(x, dtype=np.float32))
+    return tuple(np.concatenate(c) for c in cols)
+
+
+def d4rl_transitions(path: Path) -> Tuple[np.ndarray, ...]:
+    """A D4RL -v2 HDF5 file -> transitions as ``d4rl.qlearning_dataset`` makes them: pairs
+    (obs[i], obs[i+1]) for i < N-1, dropping every i with ``timeouts[i]`` (the episode's last
+    step), done = ``terminals[i]``. Raises InputError when a D4RL key is missing."""
+    with h5py.File(path, "r") as f:
+        missing = {"observations", "actions", "rewards", "terminals", "timeouts"} - set(f.keys())
+        if missing:
+            raise InputError(f"dataset_path {path} lacks D4RL keys {sorted(missing)} (a -v2 file has them)")
+        obs, act, rew, term, timeout = (f[k][()] for k in
+                                        ("observations", "actions", "rewards", "terminals", "timeouts"))
+    keep = ~timeout[:-1].astype(bool)
+    return tuple(x.astype(np.float32) for x in
+                 (obs[:-1][keep], act[:-1][keep], rew[:-1][keep], obs[1:][keep], term[:-1][keep]))
+
+
+def load_minari(cfg: TrainConfig):
+    """Open a Minari dataset from ``dataset_id`` (local, or downloaded when ``download``) or from a
+    dataset folder in ``dataset_path``. Raises InputError saying how to get missing data."""
+    import minari
+    if cfg.dataset_path is not None:
+        folder = Path(cfg.dataset_path).expanduser()
+        folder = folder / "data" if (folder / "data").is_dir() else folder
+        if not (folder / "metadata.json").exists():
+            raise InputError(f"dataset_path {cfg.dataset_path} is neither a Minari dataset folder "
+                             "(<id>/data/metadata.json) nor a D4RL .hdf5 file")
+        return minari.MinariDataset(folder)
+    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+    try:
+        return minari.load_dataset(cfg.dataset_id, download=cfg.download)
+    except FileNotFoundError:
+        raise InputError(
+            f"dataset_id {cfg.dataset_id!r} is not under {root}. Set download: true on a machine "
+            f"with network, or run `minari download {cfg.dataset_id}` elsewhere and copy the "
+            f"folder to {root}/{cfg.dataset_id}; or point dataset_path at a dataset folder "
+            "(tools/make_dataset.py makes them).") from None
+    except (ImportError, OSError) as e:  # no huggingface_hub, or no network (ConnectionError)
+        raise InputError(
+            f"download of dataset_id {cfg.dataset_id!r} failed ({type(e).__name__}: {e}). Without "
+            f"network: run `minari download {cfg.dataset_id}` on a machine that has it (needs "
+            f"`pip install 'minari[hf]'`) and copy the folder to {root}/{cfg.dataset_id}.") from None
+
+
+def load_dataset(cfg: TrainConfig) -> Dataset:
+    """Read transitions, the evaluation env id and the reference returns named by ``cfg``."""
+    path = Path(cfg.dataset_path).expanduser() if cfg.dataset_path is not None else None
+    if path is not None and not path.exists():
+        raise InputError(f"dataset_path {path} does not exist. Shipped Minari data lives in "
+                         "datasets/local/hopper/<level>-v0; D4RL -v2 files are <name>.hdf5 from "
+                         "the D4RL download links (default folder ~/.d4rl/datasets).")
+    if path is not None and path.suffix in (".hdf5", ".h5"):
+        robot = path.name.split("-")[0].lower()
+        env_id, ref_min, ref_max = D4RL_ENVS.get(robot, (None, None, None))
+        if cfg.env is None and env_id is None:
+            raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
+                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5); set env, ref_min_score, ref_max_score")
+        return Dataset(*d4rl_transitions(path), env_id, ref_min, ref_max, path.stem)
+    ds = load_minari(cfg)
+    meta = ds.storage.metadata
+    env_spec = meta.get("eval_env_spec") or meta.get("env_spec")
+    env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
+    name = meta.get("dataset_id", str(path)).replace("/", "-")
+    return Dataset(*minari_transitions(ds.iterate_episodes()), env_id,
+                   meta.get("ref_min_score"), meta.get("ref_max_score"), name)
+
+
+class ReplayBuffer:
+    """The dataset as tensors on the training device; ``sample`` draws a uniform batch there."""
+
+    def __init__(self, data: Dataset, normalize: bool, device: torch.device):
+        self.mean = data.states.mean(0) if normalize else np.zeros(data.states.shape[1], np.float32)
+        self.std = data.states.std(0) + 1e-3 if normalize else np.ones(data.states.shape[1], np.float32)
+        to = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
+        self.states = to((data.states - self.mean) / self.std)
+        self.next_states = to((data.next_states - self.mean) / self.std)
+        self.actions, self.rewards, self.dones = to(data.actions), to(data.rewards), to(data.dones)
+
+    def sample(self, batch_size: int) -> Tuple[torch.Tensor, ...]:
+        """Returns (s (B, obs), a (B, act), r (B,), s' (B, obs), done (B,))."""
+        idx = torch.randint(len(self.rewards), (batch_size,), device=self.rewards.device)
+        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
+                self.dones[idx])
+
+
+# ------------------------------------------------------------------------------------- networks
+def mlp(in_dim: int, out_dim: int, hidden: int, n_hidden: int, dropout: float = 0.0) -> nn.Sequential:
+    layers, d = [], in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(d, hidden), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        d = hidden
+    return nn.Sequential(*layers, nn.Linear(d, out_dim))
+
+
+class VAE(nn.Module):
+    """Conditional VAE of the behaviour policy (official vae.py; its layer names, so its state dicts
+    load). Encoder q(z|s,a) = N(mean, std^2) with log std clamped to [-4, 15]; decoder
+    D(s, z) = tanh(MLP(s, z)) in [-1, 1]; both 2 hidden ReLU layers."""
+
+    def __init__(self, obs_dim: int, act_dim: int, latent_dim: int, hidden: int):
+        super().__init__()
+        self.e1, self.e2 = nn.Linear(obs_dim + act_dim, hidden), nn.Linear(hidden, hidden)
+        self.mean, self.log_std = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
+        self.d1, self.d2 = nn.Linear(obs_dim + latent_dim, hidden), nn.Linear(hidden, hidden)
+        self.d3 = nn.Linear(hidden, act_dim)
+
+    def encode(self, s: torch.Tensor, a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """s (..., obs), a (..., act) -> mean, std (..., latent)."""
+        h = torch.relu(self.e2(torch.relu(self.e1(torch.cat([s, a], -1)))))
+        return self.mean(h), self.log_std(h).clamp(-4, 15).exp()
+
+    def decode(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """s (..., obs), z (..., latent) -> D(s, z) (..., act)."""
+        return torch.tanh(self.d3(torch.relu(self.d2(torch.relu(self.d1(torch.cat([s, z], -1)))))))
+
+
+class Actor(nn.Module):
+    """Deterministic policy pi(s) = tanh(MLP(s)) with dropout after each hidden layer (active in
+    train mode only): (..., obs) -> (..., act) in [-1, 1]."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, cfg.hidden_dim, cfg.n_hidden, cfg.actor_dropout)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(s))
+
+
+class VectorizedLinear(nn.Module):
+    """``n`` independent Linear layers applied as one batched matmul: (n, B, in) -> (n, B, out).
+    Each member is initialised like ``nn.Linear``."""
+
+    def __init__(self, in_dim: int, out_dim: int, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1 / math.sqrt(in_dim)
+        for i in range(n):  # kaiming_uniform(a=sqrt(5)) on a (out, in) matrix = U(-bound, bound)
+            nn.init.uniform_(self.weight[i], -bound, bound)
+            nn.init.uniform_(self.bias[i], -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class TwinQ(nn.Module):
+    """Twin critics Q_1, Q_2 (each (s, a) -> hidden x n_hidden -> 1, ReLU) as one ensemble."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig, n: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim] + [cfg.hidden_dim] * cfg.n_hidden
+        layers = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [VectorizedLinear(d_in, d_out, n), nn.ReLU()]
+        self.net = nn.Sequential(*layers, VectorizedLinear(dims[-1], 1, n))
+        self.n = n
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """s (B, obs), a (..., B, act) -> Q values (n, ..., B)."""
+        x = torch.cat([s.expand(*a.shape[:-1], s.shape[-1]), a], -1)
+        return self.net(x.reshape(1, -1, x.shape[-1]).expand(self.n, -1, -1)).view(self.n, *a.shape[:-1])
+
+
+# ------------------------------------------------------------------------------------ the update
+def vae_terms(vae: VAE, s: torch.Tensor, a: torch.Tensor, num_samples: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-state terms of L_VAE (official ``elbo_loss``). s (B, obs), a (B, act) ->
+    recon (B,) = mean_{L,dims} (D(s, z_l) - a)^2 with z_l = mean + std * eps_l, eps_l ~ N(0, I);
+    kl (B,) = mean_latent KL(N(mean, std^2) || N(0, I)) = -1/2 mean_latent (1 + log std^2 - mean^2 - std^2)."""
+    mean, std = vae.encode(s, a)
+    z = mean + std * torch.randn((num_samples, *std.shape), device=std.device, dtype=std.dtype)  # (L, B, latent)
+    recon = ((vae.decode(s.expand(num_samples, *s.shape), z) - a) ** 2).mean((0, -1))
+    kl = -0.5 * (1 + 2 * std.log() - mean ** 2 - std ** 2).mean(-1)
+    return recon, kl
+
+
+def iwae_log_density(vae: VAE, s: torch.Tensor, a: torch.Tensor, beta: float, num_samples: int) -> torch.Tensor:
+    """Slides eq. (8), official ``importance_sampling_estimator``: log pi_beta(a|s) ~
+    log (1/L) sum_l p(a|z_l,s) p(z_l) / q(z_l|s,a), z_l ~ q(.|s,a), p(a|z,s) = N(D(s,z), beta/4 I),
+    p(z) = N(0, I). s (B, obs), a (B, act) -> (B,) in nats."""
+    mean, std = vae.encode(s, a)
+    z = mean + std * torch.randn((num_samples, *std.shape), device=std.device, dtype=std.dtype)  # (L, B, latent)
+    log_q = torch.distributions.Normal(mean, std).log_prob(z).sum(-1)  # (L, B)
+    log_prior = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(-1)
+    decoded = vae.decode(s.expand(num_samples, *s.shape), z)
+    log_lik = torch.distributions.Normal(decoded, math.sqrt(beta / 4)).log_prob(a).sum(-1)
+    return torch.logsumexp(log_lik + log_prior - log_q, 0) - math.log(num_samples)
+
+
+def neg_log_density(vae: VAE, s: torch.Tensor, a: torch.Tensor, beta: float, num_samples: int = 1,
+                    iwae: bool = False) -> torch.Tensor:
+    """n(s, a) ~ -log pi_beta(a|s), (B,): L_VAE per state, recon + beta * kl (official default, a
+    scaled negative ELBO), or with ``iwae`` the negative importance-sampled estimate (nats)."""
+    if iwae:
+        return -iwae_log_density(vae, s, a, beta, num_samples)
+    recon, kl = vae_terms(vae, s, a, num_samples)
+    return recon + beta * kl
+
+
+def critic_loss(q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TD3 critic loss for both critics: sum_i mean_B (Q_i(s,a) - y)^2. q (n, B), y (B,) -> scalar."""
+    return ((q - y) ** 2).mean(-1).sum()
+
+
+def spot_actor_loss(q: torch.Tensor, neg_log_beta: torch.Tensor, lambda_: float, q_norm: bool = True) -> torch.Tensor:
+    """Slides eq. (9) with TD3+BC's Q normalisation (SPOT.py): -mean_B q / mean_B |q| (detached)
+    + lambda_ * mean_B n; without ``q_norm`` -mean_B q + lambda_ * mean_B n.
+    q (B,) = Q_1(s, pi(s)), neg_log_beta (B,) = n(s, pi(s)) -> scalar."""
+    q_term = -q.mean() / q.abs().mean().detach() if q_norm else -q.mean()
+    return q_term + lambda_ * neg_log_beta.mean()
+
+
+class SPOT:
+    """Behaviour VAE, networks, targets, optimisers, one VAE step (phase 1) and one TD3 iteration
+    with the density regulariser (phase 2)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        self.vae = VAE(obs_dim, act_dim, cfg.latent_dim or 2 * act_dim, cfg.vae_hidden_dim).to(device)
+        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr, fused=True)
+        self.actor = Actor(obs_dim, act_dim, cfg).to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)  # train mode: dropout on
+        self.critic = TwinQ(obs_dim, act_dim, cfg).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
+
+    def vae_update(self, s: torch.Tensor, a: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One phase-1 step on L_VAE = mean_B recon + beta * mean_B kl; s (B, obs), a (B, act).
+        Returns detached losses."""
+        recon, kl = vae_terms(self.vae, s, a)
+        loss = recon.mean() + self.cfg.beta * kl.mean()
+        self.vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.vae_opt.step()
+        return {"vae_loss": loss.detach(), "recon_loss": recon.detach().mean(), "kl_loss": kl.detach().mean()}
+
+    def freeze_vae(self) -> None:
+        """Phase 2: the VAE is a fixed density model; gradients pass through it, never into it."""
+        self.vae.requires_grad_(False).eval()
+
+    def update(self, s, a, r, s_next, done, step: int) -> Dict[str, torch.Tensor]:
+        """Phase-2 iteration ``step`` (1-based) on a batch (shapes as ``ReplayBuffer.sample``): a
+        critic step, and on every ``policy_freq``-th iteration an actor step and the target updates.
+        Returns detached losses (no host sync); actor terms only on actor steps."""
+        cfg = self.cfg
+        with torch.no_grad():  # target policy smoothing
+            noise = (torch.randn_like(a) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            a_next = (self.actor_target(s_next) + noise).clamp(-1, 1)
+            y = r + cfg.discount * (1 - done) * self.critic_target(s_next, a_next).min(0).values
+        q = self.critic(s, a)
+        loss_q = critic_loss(q, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss_q.backward()
+        self.critic_opt.step()
+        out = {"critic_loss": loss_q.detach(), "q_mean": q.detach().mean()}
+        if step % cfg.policy_freq:
+            return out
+
+        pi = self.actor(s)
+        q_pi = self.critic(s, pi)[0]  # Q_1 only
+        n = neg_log_density(self.vae, s, pi, cfg.beta, cfg.num_samples, cfg.iwae)
+        loss_pi = spot_actor_loss(q_pi, n, cfg.lambda_, cfg.q_norm)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss_pi.backward()
+        self.actor_opt.step()
+        with torch.no_grad():
+            for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
+                torch._foreach_lerp_(list(target.parameters()), list(net.parameters()), cfg.tau)
+        return {**out, "actor_loss": loss_pi.detach(), "neg_log_beta": n.detach().mean(),
+                "q_pi": q_pi.detach().mean()}
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).state_dict() for k in ("vae", "vae_opt", "actor", "actor_target",
+                                                          "critic", "critic_target", "actor_opt", "critic_opt")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            getattr(self, k).load_state_dict(v)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(env: gym.Env, actor: Actor, buffer: ReplayBuffer, n_episodes: int, seed: int,
+             device: torch.device) -> np.ndarray:
+    """Undiscounted returns (n_episodes,) of the actor's action clipped to the action box; episode i
+    resets with seed ``seed + i`` so every evaluation sees the same start states."""
+    actor.eval()
+    mean, std = (torch.as_tensor(x, device=device) for x in (buffer.mean, buffer.std))
+    returns = np.zeros(n_episodes)
+    for i in range(n_episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done = False
+        while not done:
+            s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+            action = actor(s).clamp(-1, 1).cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            returns[i] += reward
+            done = terminated or truncated
+    actor.train()
+    return returns
+
+
+def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
+    """D4RL normalised score, 0 = random policy, 100 = expert: 100 * (R - ref_min) / (ref_max - ref_min)."""
+    return 100 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+
+
+# ---------------------------------------------------------------------------------------- train
+def save_checkpoint(path: Path, agent: SPOT, step: int, elapsed: float, buffer: ReplayBuffer) -> None:
+    """Everything a resumed run needs, written atomically (tmp file + rename). ``step`` <= 0: phase 1."""
+    state = {"agent": agent.state_dict(), "step": step, "elapsed_s": elapsed,
+             "obs_mean": buffer.mean, "obs_std": buffer.std,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                     "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, agent: SPOT) -> Tuple[int, float]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    agent.load_state_dict(state["agent"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"], state["elapsed_s"]
+
+
+def save_vae(path: Path, agent: SPOT, buffer: ReplayBuffer) -> None:
+    """The trained VAE with the state normalisation it was trained under (atomic)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"vae": agent.vae.state_dict(), "obs_mean": buffer.mean, "obs_std": buffer.std}, tmp)
+    os.replace(tmp, path)
+
+
+def load_vae(path: Path, agent: SPOT, buffer: ReplayBuffer) -> None:
+    """Load ``vae_path``: a run directory (its vae.pt), a vae.pt, or an official train_vae.py state
+    dict. Raises InputError when it is missing, shaped unlike this config, or was trained on states
+    normalised differently (another dataset, or another ``normalize``)."""
+    path = path.expanduser() / "vae.pt" if path.expanduser().is_dir() else path.expanduser()
+    if not path.exists():
+        raise InputError(f"vae_path {path} does not exist; give a run directory holding vae.pt, a "
+                         "vae.pt, or an official train_vae.py model file, or set vae_path: null")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "obs_mean" in state and not (np.allclose(state["obs_mean"], buffer.mean)
+                                    and np.allclose(state["obs_std"], buffer.std)):
+        raise InputError(f"vae_path {path} was trained on states normalised differently (another "
+                         "dataset or normalize setting); train it on this dataset or drop vae_path")
+    try:
+        agent.vae.load_state_dict(state.get("vae", state))
+    except RuntimeError as e:
+        raise InputError(f"vae_path {path} does not fit this config (set vae_hidden_dim and latent_dim "
+                         f"as when it was trained): {str(e).splitlines()[0]}") from None
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train SPOT as ``cfg`` says (phase 1 unless ``vae_path``, then phase 2); returns the run
+    directory. Raises InputError on bad input (before training) and FloatingPointError on a
+    non-finite loss or a diverged Q (last good checkpoint kept)."""
+    validate(cfg)
+    data = load_dataset(cfg)
+    env_id = cfg.env or data.env_id
+    if env_id is None:
+        raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
+    env = gym.make(env_id)
+    obs_dim, act_dim = data.states.shape[1], data.actions.shape[1]
+    if env.observation_space.shape != (obs_dim,) or env.action_space.shape != (act_dim,):
+        raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
+                         f"but env {env_id} has {env.observation_space.shape} and "
+                         f"{env.action_space.shape}; set env to the dataset's env")
+    ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
+    ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
+    has_refs = ref_min is not None and ref_max is not None
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+    else:
+        name = cfg.name or f"spot-{data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.output_dir) / name
+        if (run_dir / "checkpoint.pt").exists():
+            raise InputError(f"{run_dir} already holds a run; pass resume: {run_dir} or another name")
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    buffer = ReplayBuffer(data, cfg.normalize, device)
+    agent = SPOT(obs_dim, act_dim, cfg, device)
+    vae_steps = 0 if cfg.vae_path else cfg.vae_steps
+    if cfg.vae_path and not cfg.resume:  # a resumed run takes its VAE from the checkpoint
+        load_vae(Path(cfg.vae_path), agent, buffer)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**asdict(cfg), "resume": None}, sort_keys=False))
+    step, elapsed = -vae_steps, 0.0  # step = actor-critic updates done; < 0 while the VAE trains
+    metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    if cfg.resume:
+        if not ckpt_path.exists():
+            raise InputError(f"resume: {run_dir} has no checkpoint.pt to continue from")
+        step, elapsed = load_checkpoint(ckpt_path, agent)
+        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
+        metrics_path.write_text("".join(l + "\n" for l in kept))  # drop records after the checkpoint
+    if step >= 0:
+        agent.freeze_vae()
+    print(f"SPOT on {data.name}: {len(data.rewards)} transitions, env {env_id}, device {device}, "
+          f"run dir {run_dir}" + (f", VAE from {cfg.vae_path}" if cfg.vae_path else "")
+          + (f", resuming at step {step}" if cfg.resume else ""))
+    if not has_refs:
+        print(f"note: {data.name} carries no reference returns (ref_min_score/ref_max_score), so "
+              "normalized_score is null and raw returns are logged; set both fields to normalise.")
+    mode = cfg.wandb_mode or os.environ.get("WANDB_MODE", "offline")
+    try:
+        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name,
+                         resume="allow", dir=run_dir, mode=mode, config=asdict(cfg),
+                         settings=wandb.Settings(console="off", silent=True))
+    except Exception as e:  # e.g. online mode without an API key
+        raise InputError(f"wandb_mode={mode}: {e}. Run `wandb login`, or set wandb_mode: offline") from None
+
+    sums, counts, n_sum, q_peak, t_last = {}, {}, 0, None, time.time()
+    bar = tqdm(total=vae_steps + cfg.max_timesteps, initial=vae_steps + step, disable=not cfg.progress_bar,
+               unit="upd", dynamic_ncols=True)
+    while step < cfg.max_timesteps:
+        if step < 0:  # phase 1: the behaviour VAE
+            losses = agent.vae_update(*buffer.sample(cfg.batch_size)[:2])
+        else:  # phase 2: TD3 with the density regulariser
+            losses = agent.update(*buffer.sample(cfg.batch_size), step=step + 1)
+            if "q_pi" in losses:
+                q_peak = losses["q_pi"] if q_peak is None else torch.maximum(q_peak, losses["q_pi"])
+        for k, v in losses.items():
+            sums[k], counts[k] = sums.get(k, 0) + v, counts.get(k, 0) + 1
+        n_sum += 1
+        step += 1
+        bar.update(1)
+        phase = "vae" if step <= 0 else "policy"
+        phase_step = step + vae_steps if phase == "vae" else step
+        if phase_step % cfg.eval_freq and step not in (0, cfg.max_timesteps):
+            continue
+        mean_losses = {k: float(v) / counts[k] for k, v in sums.items()}
+        bad = [k for k, v in mean_losses.items() if not math.isfinite(v)]
+        peak = float(q_peak) if q_peak is not None else None
+        if bad or (peak is not None and cfg.q_abort is not None and peak > cfg.q_abort):
+            bar.close()
+            run.finish(exit_code=1)
+            what = (f"non-finite {', '.join(bad)}" if bad else f"the actor's mean Q reached {peak:.4g} "
+                    f"(> q_abort {cfg.q_abort:g}: the critic diverged; a larger lambda_ may help)")
+            raise FloatingPointError(
+                f"{what} between steps {step - n_sum} and {step}; training stopped. The last good "
+                f"checkpoint ({ckpt_path}, step {step - n_sum}) is kept.")
+        now = time.time()
+        elapsed, rate, t_last = elapsed + now - t_last, n_sum / (now - t_last), now
+        timing = {"elapsed_s": round(elapsed, 2), "updates_per_s": round(rate, 1)}
+        if phase == "vae":  # no evaluation before the actor trains
+            record = {"step": step, "phase": phase, "vae_step": phase_step, "normalized_score": None,
+                      **timing, **mean_losses}
+        else:
+            returns = evaluate(env, agent.actor, buffer, cfg.n_episodes, cfg.seed + 100, device)
+            scores = normalized_score(returns, ref_min, ref_max) if has_refs else None
+            record = {"step": step, "phase": phase, "return_mean": float(returns.mean()),
+                      "return_std": float(returns.std()),
+                      "normalized_score": float(scores.mean()) if has_refs else None,
+                      "normalized_score_std": float(scores.std()) if has_refs else None,
+                      **timing, **mean_losses, "q_pi_max": peak}
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if step == 0:  # phase 1 done
+            save_vae(run_dir / "vae.pt", agent, buffer)
+            agent.freeze_vae()
+        save_checkpoint(ckpt_path, agent, step, elapsed, buffer)
+        run.log({k: v for k, v in record.items() if v is not None and k != "phase"}, step=step + vae_steps)
+        if phase == "vae":
+            bar.write(f"vae step {phase_step}: loss {mean_losses['vae_loss']:.4g} (recon "
+                      f"{mean_losses['recon_loss']:.4g}, kl {mean_losses['kl_loss']:.4g}), {rate:.0f} upd/s")
+        else:
+            score = f"score {record['normalized_score']:.1f}" if has_refs else f"return {returns.mean():.1f}"
+            bar.set_postfix_str(score)
+            bar.write(f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
+                      + (f", normalized {scores.mean():.1f} ± {scores.std():.1f}" if has_refs else "")
+                      + f", critic {mean_losses['critic_loss']:.3g}, "
+                      f"actor {mean_losses.get('actor_loss', math.nan):.3g}, "
+                      f"-log pi_beta {mean_losses.get('neg_log_beta', math.nan):.3g}, {rate:.0f} upd/s")
+        sums, counts, n_sum, q_peak, t_last = {}, {}, 0, None, time.time()
+    bar.close()
+    run.finish()
+    return run_dir
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """CLI -> TrainConfig. ``--config`` (or pyrallis' ``--config_path``) loads a YAML; with
+    ``--resume <run dir>`` the run's saved config.yaml is the base. Other flags override fields."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [("--config_path" + a[len("--config"):]) if a.split("=")[0] == "--config" else a for a in argv]
+    given = {}  # values of --config_path / --resume in argv
+    for i, a in enumerate(argv):
+        key, _, val = a.partition("=")
+        if key in ("--config_path", "--resume"):
+            given[key] = val or (argv[i + 1] if i + 1 < len(argv) else "")
+    resume_base = str(Path(given["--resume"]) / "config.yaml") if given.get("--resume") else None
+    config_path = given.get("--config_path") or resume_base
+    bools = {f.name for f in fields(TrainConfig) if f.type in ("bool", bool)}
+    raw = yaml.safe_load(Path(config_path).read_text()) if config_path and Path(config_path).exists() else {}
+    pairs = [(k, v) for k, v in (raw or {}).items()] + [
+        (a[2:], argv[i + 1]) for i, a in enumerate(argv[:-1]) if a.startswith("--") and "=" not in a]
+    for key, val in pairs:  # pyrallis reads any unknown string as True; refuse it instead
+        if key in bools and not isinstance(val, bool) and str(val).lower() not in ("true", "false", "1", "0"):
+            raise InputError(f"{key} must be true or false, got {val!r}")
+    try:
+        return pyrallis.parse(config_class=TrainConfig, args=argv,
+                              config_path=None if "--config_path" in given else resume_base)
+    except pyrallis.utils.ParsingError as e:
+        raise InputError(f"config: {e}") from None
+    except Exception as e:  # unknown YAML keys
+        if "do not belong" in str(e):
+            raise InputError(f"config: {e}; valid fields: {', '.join(f.name for f in fields(TrainConfig))}") from None
+        raise
+
+
+if __name__ == "__main__":
+    try:
+        train(parse_config())
+    except (InputError, FloatingPointError) as err:
+        sys.exit(f"error: {err}")
