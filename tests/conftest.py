@@ -64,9 +64,29 @@ def check_resume_matches(mod, tmp_path):
     mod.train(cfg)
     assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
     assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in (full, part))
+    assert_same_networks(full, part)
+    return full, part
+
+
+def assert_same_networks(*run_dirs):
+    """Every network (not optimiser or schedule) in the runs' checkpoints is bit-identical."""
+    import torch
+    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in run_dirs)
     for net in a:
         if not net.endswith(("opt", "sched")):
             for k in a[net]:
                 torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
-    return full, part
+
+
+def interrupt_after(mod, monkeypatch, step: int):
+    """Make ``mod.train`` raise KeyboardInterrupt right after saving its checkpoint at ``step``;
+    returns a function that undoes it."""
+    save = mod.save_checkpoint
+
+    def save_then_crash(path, agent, at, *rest, **kw):
+        save(path, agent, at, *rest, **kw)
+        if at == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "save_checkpoint", save_then_crash)
+    return lambda: monkeypatch.setattr(mod, "save_checkpoint", save)

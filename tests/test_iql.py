@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_algorithm, make_config, read_metrics, without_timing
+from conftest import interrupt_after, load_algorithm, make_config, read_metrics, without_timing
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +57,10 @@ def test_both_update_orders_and_actor_types_train(iql, order):
 
 def test_interrupted_run_resumes_identically(iql, tmp_path, monkeypatch):
     full = iql.train(make_config(iql, tmp_path, max_timesteps=300, name="full"))
-    save = iql.save_checkpoint
-
-    def crash_after_step_200(path, agent, step, *rest):
-        save(path, agent, step, *rest)
-        if step == 200:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(iql, "save_checkpoint", crash_after_step_200)
+    restore = interrupt_after(iql, monkeypatch, 200)
     with pytest.raises(KeyboardInterrupt):
         iql.train(make_config(iql, tmp_path, max_timesteps=300, name="part"))
-    monkeypatch.setattr(iql, "save_checkpoint", save)
+    restore()
     part = tmp_path / "runs" / "part"
     iql.train(iql.parse_config(["--resume", str(part)]))
     assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_algorithm, make_config, read_metrics, without_timing
+from conftest import assert_same_networks, interrupt_after, load_algorithm, make_config, read_metrics, without_timing
 
 SMALL = dict(execute_hidden_dim=32)  # TINY leaves pi at the official 1024 width
 
@@ -190,17 +190,10 @@ def test_short_run_writes_metrics_checkpoint_and_evaluates_deterministically(por
 def test_interrupted_run_resumes_to_the_same_metrics_and_networks(por, tmp_path, monkeypatch):
     """Same max_timesteps in both runs: g and pi's cosine schedules span max_timesteps."""
     full = por.train(config(por, tmp_path, max_timesteps=300, name="full"))
-    save = por.save_checkpoint
-
-    def crash_after_step_200(path, agent, step, *rest):
-        save(path, agent, step, *rest)
-        if step == 200:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(por, "save_checkpoint", crash_after_step_200)
+    restore = interrupt_after(por, monkeypatch, 200)
     with pytest.raises(KeyboardInterrupt):
         por.train(config(por, tmp_path, max_timesteps=300, name="part"))
-    monkeypatch.setattr(por, "save_checkpoint", save)
+    restore()
     part = tmp_path / "runs" / "part"
     with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
         f.write(json.dumps({"step": 250}) + "\n")
@@ -209,11 +202,7 @@ def test_interrupted_run_resumes_to_the_same_metrics_and_networks(por, tmp_path,
     por.train(cfg)
     assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
     assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in (full, part))
-    for net in a:
-        if not net.endswith(("opt", "sched")):
-            for k in a[net]:
-                torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
+    assert_same_networks(full, part)
 
 
 def test_por_q_pretrains_b_then_resumes_mid_pretraining_identically(por, tmp_path, monkeypatch):
