@@ -90,3 +90,13 @@ def interrupt_after(mod, monkeypatch, step: int):
 
     monkeypatch.setattr(mod, "save_checkpoint", save_then_crash)
     return lambda: monkeypatch.setattr(mod, "save_checkpoint", save)
+
+
+def train_interrupted(mod, monkeypatch, cfg, step: int) -> Path:
+    """Run ``mod.train(cfg)`` until it is interrupted right after its checkpoint at ``step``;
+    returns the run directory."""
+    restore = interrupt_after(mod, monkeypatch, step)
+    with pytest.raises(KeyboardInterrupt):
+        mod.train(cfg)
+    restore()
+    return Path(cfg.output_dir) / cfg.name

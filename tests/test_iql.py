@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import interrupt_after, load_algorithm, make_config, read_metrics, without_timing
+from conftest import train_interrupted, load_algorithm, make_config, read_metrics, without_timing
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,7 @@ def test_both_update_orders_and_actor_types_train(iql, order):
 
 def test_interrupted_run_resumes_identically(iql, tmp_path, monkeypatch):
     full = iql.train(make_config(iql, tmp_path, max_timesteps=300, name="full"))
-    restore = interrupt_after(iql, monkeypatch, 200)
-    with pytest.raises(KeyboardInterrupt):
-        iql.train(make_config(iql, tmp_path, max_timesteps=300, name="part"))
-    restore()
-    part = tmp_path / "runs" / "part"
+    part = train_interrupted(iql, monkeypatch, make_config(iql, tmp_path, max_timesteps=300, name="part"), 200)
     iql.train(iql.parse_config(["--resume", str(part)]))
     assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
     assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))

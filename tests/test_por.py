@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_networks, interrupt_after, load_algorithm, make_config, read_metrics, without_timing
+from conftest import assert_same_networks, train_interrupted, load_algorithm, make_config, read_metrics, without_timing
 
 SMALL = dict(execute_hidden_dim=32)  # TINY leaves pi at the official 1024 width
 
@@ -190,11 +190,7 @@ def test_short_run_writes_metrics_checkpoint_and_evaluates_deterministically(por
 def test_interrupted_run_resumes_to_the_same_metrics_and_networks(por, tmp_path, monkeypatch):
     """Same max_timesteps in both runs: g and pi's cosine schedules span max_timesteps."""
     full = por.train(config(por, tmp_path, max_timesteps=300, name="full"))
-    restore = interrupt_after(por, monkeypatch, 200)
-    with pytest.raises(KeyboardInterrupt):
-        por.train(config(por, tmp_path, max_timesteps=300, name="part"))
-    restore()
-    part = tmp_path / "runs" / "part"
+    part = train_interrupted(por, monkeypatch, config(por, tmp_path, max_timesteps=300, name="part"), 200)
     with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
         f.write(json.dumps({"step": 250}) + "\n")
     cfg = por.parse_config(["--resume", str(part)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, SHIPPED, interrupt_after, load_algorithm, make_config, read_metrics, without_timing
+from conftest import ROOT, SHIPPED, train_interrupted, load_algorithm, make_config, read_metrics, without_timing
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +155,7 @@ def test_vae_path_skips_phase_one(spot, full_run, tmp_path):
 
 @pytest.mark.parametrize("crash_step", [-100, 100], ids=["in_phase_1", "in_phase_2"])
 def test_interrupted_run_resumes_identically(spot, full_run, tmp_path, monkeypatch, crash_step):
-    restore = interrupt_after(spot, monkeypatch, crash_step)
-    with pytest.raises(KeyboardInterrupt):
-        spot.train(config(spot, tmp_path, name="part"))
-    restore()
-    part = tmp_path / "runs" / "part"
+    part = train_interrupted(spot, monkeypatch, config(spot, tmp_path, name="part"), crash_step)
     assert read_metrics(part)[-1]["step"] == crash_step
     spot.train(spot.parse_config(["--resume", str(part)]))
     assert without_timing(read_metrics(part)) == without_timing(read_metrics(full_run))
