@@ -44,11 +44,18 @@ def find_runs(paths) -> list:
     return sorted(r for r in runs if (r / "config.yaml").exists())
 
 
+def dataset_folder(cfg: dict) -> Path:
+    """The run's dataset_path; a relative one is read from the repository root when it is not
+    found from the working directory (runs started by results/sweep.py run from the root)."""
+    path = Path(cfg["dataset_path"]).expanduser()
+    return path if path.is_absolute() or path.exists() else ROOT / path
+
+
 def dataset_name(cfg: dict) -> str:
     """The dataset a run trained on: its Minari id, or the D4RL file's stem (hopper-medium-v2)."""
     if cfg.get("dataset_id"):
         return cfg["dataset_id"]
-    path = Path(cfg["dataset_path"])
+    path = dataset_folder(cfg)
     meta = next((m for m in (path / "data" / "metadata.json", path / "metadata.json") if m.exists()), None)
     return json.loads(meta.read_text())["dataset_id"] if meta else path.stem
 
@@ -74,7 +81,7 @@ def data_mean_score(cfg: dict):
     try:
         import minari
         if cfg.get("dataset_path"):
-            folder = Path(cfg["dataset_path"])
+            folder = dataset_folder(cfg)
             ds = minari.MinariDataset(folder / "data" if (folder / "data").is_dir() else folder)
         else:
             ds = minari.load_dataset(cfg["dataset_id"])
