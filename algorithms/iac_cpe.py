@@ -81,6 +81,7 @@ class TrainConfig:
     n_episodes: int = 10
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
+    torch_compile: bool = False  # torch.compile the update (slower on a 2-core CPU, see README)
     torch_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     output_dir: str = "runs"
     name: Optional[str] = None  # run name; default iac_cpe-<dataset>-seed<seed>-<time>
@@ -371,22 +372,22 @@ class IACCPE:
 
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(env: gym.Env, actor: GaussianActor, buffer: ReplayBuffer, n_episodes: int, seed: int,
+def evaluate(env: gym.vector.VectorEnv, actor: GaussianActor, buffer: ReplayBuffer, seed: int,
              device: torch.device) -> np.ndarray:
-    """Undiscounted returns (n_episodes,) of the mean action clipped to the action box; episode i
-    resets with seed ``seed + i`` so every evaluation sees the same start states."""
+    """Undiscounted returns (n_envs,) of the mean action clipped to the action box, one episode per
+    sub-env of ``env``, all stepped together (one batched forward per step). Sub-env i resets
+    with seed ``seed + i``, so every evaluation sees the same start states; a finished sub-env
+    is auto-reset by the vector env and its later rewards are not counted."""
     actor.eval()
     mean, std = (torch.as_tensor(x, device=device) for x in (buffer.mean, buffer.std))
-    returns = np.zeros(n_episodes)
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
-            action = actor(s).mean.clamp(-1, 1).cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            returns[i] += reward
-            done = terminated or truncated
+    returns, running = np.zeros(env.num_envs), np.ones(env.num_envs, dtype=bool)
+    obs, _ = env.reset(seed=seed)  # sub-env i gets seed + i
+    while running.any():
+        s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+        action = actor(s).mean.clamp(-1, 1).cpu().numpy()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        returns += reward * running
+        running &= ~(terminated | truncated)
     actor.train()
     return returns
 
@@ -428,12 +429,12 @@ def train(cfg: TrainConfig) -> Path:
     env_id = cfg.env or data.env_id
     if env_id is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
-    env = gym.make(env_id)
+    env = gym.make_vec(env_id, num_envs=cfg.n_episodes, vectorization_mode="sync")
     obs_dim, act_dim = data.states.shape[1], data.actions.shape[1]
-    if env.observation_space.shape != (obs_dim,) or env.action_space.shape != (act_dim,):
+    if env.single_observation_space.shape != (obs_dim,) or env.single_action_space.shape != (act_dim,):
         raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
-                         f"but env {env_id} has {env.observation_space.shape} and "
-                         f"{env.action_space.shape}; set env to the dataset's env")
+                         f"but env {env_id} has {env.single_observation_space.shape} and "
+                         f"{env.single_action_space.shape}; set env to the dataset's env")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     has_refs = ref_min is not None and ref_max is not None
@@ -457,6 +458,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     buffer = ReplayBuffer(data, cfg.normalize, device)
     agent = IACCPE(obs_dim, act_dim, cfg, device)
+    update = torch.compile(agent.update) if cfg.torch_compile else agent.update
     step, elapsed = 0, 0.0
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     if cfg.resume:
@@ -482,7 +484,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.max_timesteps, initial=step, disable=not cfg.progress_bar, unit="upd",
                dynamic_ncols=True)
     while step < cfg.max_timesteps:
-        losses = agent.update(*buffer.sample(cfg.batch_size))
+        losses = update(*buffer.sample(cfg.batch_size))
         sums = losses if sums is None else {k: sums[k] + v for k, v in losses.items()}
         n_sum += 1
         step += 1
@@ -499,7 +501,7 @@ def train(cfg: TrainConfig) -> Path:
                 f"stopped. The last good checkpoint ({ckpt_path}, step {step - n_sum}) is kept.")
         now = time.time()
         elapsed, rate, t_last = elapsed + now - t_last, n_sum / (now - t_last), now
-        returns = evaluate(env, agent.actor, buffer, cfg.n_episodes, cfg.seed + 100, device)
+        returns = evaluate(env, agent.actor, buffer, cfg.seed + 100, device)
         scores = normalized_score(returns, ref_min, ref_max) if has_refs else None
         record = {"step": step, "return_mean": float(returns.mean()), "return_std": float(returns.std()),
                   "normalized_score": float(scores.mean()) if has_refs else None,

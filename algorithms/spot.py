@@ -119,6 +119,7 @@ class TrainConfig:
     n_episodes: int = 10
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
+    torch_compile: bool = False  # torch.compile the update (slower on a 2-core CPU, see README)
     torch_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     output_dir: str = "runs"
     name: Optional[str] = None  # run name; default spot-<dataset>-seed<seed>-<time>
@@ -350,6 +351,14 @@ class TwinQ(nn.Module):
         x = torch.cat([s.expand(*a.shape[:-1], s.shape[-1]), a], -1)
         return self.net(x.reshape(1, -1, x.shape[-1]).expand(self.n, -1, -1)).view(self.n, *a.shape[:-1])
 
+    def q1(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Q_1 alone: s (B, obs), a (B, act) -> (B,), member 0's weights through the same layers,
+        half the matmuls of ``forward`` (TD3's actor loss uses Q_1 only)."""
+        x = torch.cat([s, a], -1)
+        for layer in self.net:
+            x = torch.addmm(layer.bias[0], x, layer.weight[0]) if isinstance(layer, VectorizedLinear) else layer(x)
+        return x.squeeze(-1)
+
 
 # ------------------------------------------------------------------------------------ the update
 def vae_terms(vae: VAE, s: torch.Tensor, a: torch.Tensor, num_samples: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -447,11 +456,13 @@ class SPOT:
             return out
 
         pi = self.actor(s)
-        q_pi = self.critic(s, pi)[0]  # Q_1 only
+        self.critic.requires_grad_(False)  # the actor step needs dQ/da, not the critic's weight grads
+        q_pi = self.critic.q1(s, pi)
         n = neg_log_density(self.vae, s, pi, cfg.beta, cfg.num_samples, cfg.iwae)
         loss_pi = spot_actor_loss(q_pi, n, cfg.lambda_, cfg.q_norm)
         self.actor_opt.zero_grad(set_to_none=True)
         loss_pi.backward()
+        self.critic.requires_grad_(True)
         self.actor_opt.step()
         with torch.no_grad():
             for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
@@ -470,22 +481,22 @@ class SPOT:
 
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(env: gym.Env, actor: Actor, buffer: ReplayBuffer, n_episodes: int, seed: int,
+def evaluate(env: gym.vector.VectorEnv, actor: Actor, buffer: ReplayBuffer, seed: int,
              device: torch.device) -> np.ndarray:
-    """Undiscounted returns (n_episodes,) of the actor's action clipped to the action box; episode i
-    resets with seed ``seed + i`` so every evaluation sees the same start states."""
+    """Undiscounted returns (n_envs,) of the actor's action clipped to the action box, one episode per
+    sub-env of ``env``, all stepped together (one batched forward per step). Sub-env i resets
+    with seed ``seed + i``, so every evaluation sees the same start states; a finished sub-env
+    is auto-reset by the vector env and its later rewards are not counted."""
     actor.eval()
     mean, std = (torch.as_tensor(x, device=device) for x in (buffer.mean, buffer.std))
-    returns = np.zeros(n_episodes)
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
-            action = actor(s).clamp(-1, 1).cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            returns[i] += reward
-            done = terminated or truncated
+    returns, running = np.zeros(env.num_envs), np.ones(env.num_envs, dtype=bool)
+    obs, _ = env.reset(seed=seed)  # sub-env i gets seed + i
+    while running.any():
+        s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+        action = actor(s).clamp(-1, 1).cpu().numpy()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        returns += reward * running
+        running &= ~(terminated | truncated)
     actor.train()
     return returns
 
@@ -555,12 +566,12 @@ def train(cfg: TrainConfig) -> Path:
     env_id = cfg.env or data.env_id
     if env_id is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
-    env = gym.make(env_id)
+    env = gym.make_vec(env_id, num_envs=cfg.n_episodes, vectorization_mode="sync")
     obs_dim, act_dim = data.states.shape[1], data.actions.shape[1]
-    if env.observation_space.shape != (obs_dim,) or env.action_space.shape != (act_dim,):
+    if env.single_observation_space.shape != (obs_dim,) or env.single_action_space.shape != (act_dim,):
         raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
-                         f"but env {env_id} has {env.observation_space.shape} and "
-                         f"{env.action_space.shape}; set env to the dataset's env")
+                         f"but env {env_id} has {env.single_observation_space.shape} and "
+                         f"{env.single_action_space.shape}; set env to the dataset's env")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     has_refs = ref_min is not None and ref_max is not None
@@ -582,6 +593,8 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     buffer = ReplayBuffer(data, cfg.normalize, device)
     agent = SPOT(obs_dim, act_dim, cfg, device)
+    update = torch.compile(agent.update) if cfg.torch_compile else agent.update
+    vae_update = torch.compile(agent.vae_update) if cfg.torch_compile else agent.vae_update
     vae_steps = 0 if cfg.vae_path else cfg.vae_steps
     if cfg.vae_path and not cfg.resume:  # a resumed run takes its VAE from the checkpoint
         load_vae(Path(cfg.vae_path), agent, buffer)
@@ -616,9 +629,9 @@ def train(cfg: TrainConfig) -> Path:
                unit="upd", dynamic_ncols=True)
     while step < cfg.max_timesteps:
         if step < 0:  # phase 1: the behaviour VAE
-            losses = agent.vae_update(*buffer.sample(cfg.batch_size)[:2])
+            losses = vae_update(*buffer.sample(cfg.batch_size)[:2])
         else:  # phase 2: TD3 with the density regulariser
-            losses = agent.update(*buffer.sample(cfg.batch_size), step=step + 1)
+            losses = update(*buffer.sample(cfg.batch_size), step=step + 1)
             if "q_pi" in losses:
                 q_peak = losses["q_pi"] if q_peak is None else torch.maximum(q_peak, losses["q_pi"])
         for k, v in losses.items():
@@ -648,7 +661,7 @@ def train(cfg: TrainConfig) -> Path:
             record = {"step": step, "phase": phase, "vae_step": phase_step, "normalized_score": None,
                       **timing, **mean_losses}
         else:
-            returns = evaluate(env, agent.actor, buffer, cfg.n_episodes, cfg.seed + 100, device)
+            returns = evaluate(env, agent.actor, buffer, cfg.seed + 100, device)
             scores = normalized_score(returns, ref_min, ref_max) if has_refs else None
             record = {"step": step, "phase": phase, "return_mean": float(returns.mean()),
                       "return_std": float(returns.std()),

@@ -70,6 +70,7 @@ class TrainConfig:
     n_episodes: int = 10
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
+    torch_compile: bool = False  # torch.compile the update (slower on a 2-core CPU, see README)
     torch_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     output_dir: str = "runs"
     name: Optional[str] = None  # run name; default td3_bc-<dataset>-seed<seed>-<time>
@@ -270,6 +271,14 @@ class TwinQ(nn.Module):
         x = torch.cat([s.expand(*a.shape[:-1], s.shape[-1]), a], -1)
         return self.net(x.reshape(1, -1, x.shape[-1]).expand(self.n, -1, -1)).view(self.n, *a.shape[:-1])
 
+    def q1(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Q_1 alone: s (B, obs), a (B, act) -> (B,), member 0's weights through the same layers,
+        half the matmuls of ``forward`` (TD3's actor loss uses Q_1 only)."""
+        x = torch.cat([s, a], -1)
+        for layer in self.net:
+            x = torch.addmm(layer.bias[0], x, layer.weight[0]) if isinstance(layer, VectorizedLinear) else layer(x)
+        return x.squeeze(-1)
+
 
 # ------------------------------------------------------------------------------------ the update
 def critic_loss(q: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -315,9 +324,11 @@ class TD3BC:
             return out
 
         pi = self.actor(s)
-        loss_pi = td3_bc_actor_loss(self.critic(s, pi)[0], pi, a, cfg.alpha)  # Q_1 only
+        self.critic.requires_grad_(False)  # the actor step needs dQ/da, not the critic's weight grads
+        loss_pi = td3_bc_actor_loss(self.critic.q1(s, pi), pi, a, cfg.alpha)
         self.actor_opt.zero_grad(set_to_none=True)
         loss_pi.backward()
+        self.critic.requires_grad_(True)
         self.actor_opt.step()
         with torch.no_grad():
             for net, target in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
@@ -335,22 +346,22 @@ class TD3BC:
 
 # ----------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(env: gym.Env, actor: Actor, buffer: ReplayBuffer, n_episodes: int, seed: int,
+def evaluate(env: gym.vector.VectorEnv, actor: Actor, buffer: ReplayBuffer, seed: int,
              device: torch.device) -> np.ndarray:
-    """Undiscounted returns (n_episodes,) of the actor's action clipped to the action box; episode i
-    resets with seed ``seed + i`` so every evaluation sees the same start states."""
+    """Undiscounted returns (n_envs,) of the actor's action clipped to the action box, one episode per
+    sub-env of ``env``, all stepped together (one batched forward per step). Sub-env i resets
+    with seed ``seed + i``, so every evaluation sees the same start states; a finished sub-env
+    is auto-reset by the vector env and its later rewards are not counted."""
     actor.eval()
     mean, std = (torch.as_tensor(x, device=device) for x in (buffer.mean, buffer.std))
-    returns = np.zeros(n_episodes)
-    for i in range(n_episodes):
-        obs, _ = env.reset(seed=seed + i)
-        done = False
-        while not done:
-            s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
-            action = actor(s).clamp(-1, 1).cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            returns[i] += reward
-            done = terminated or truncated
+    returns, running = np.zeros(env.num_envs), np.ones(env.num_envs, dtype=bool)
+    obs, _ = env.reset(seed=seed)  # sub-env i gets seed + i
+    while running.any():
+        s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
+        action = actor(s).clamp(-1, 1).cpu().numpy()
+        obs, reward, terminated, truncated, _ = env.step(action)
+        returns += reward * running
+        running &= ~(terminated | truncated)
     actor.train()
     return returns
 
@@ -392,12 +403,12 @@ def train(cfg: TrainConfig) -> Path:
     env_id = cfg.env or data.env_id
     if env_id is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
-    env = gym.make(env_id)
+    env = gym.make_vec(env_id, num_envs=cfg.n_episodes, vectorization_mode="sync")
     obs_dim, act_dim = data.states.shape[1], data.actions.shape[1]
-    if env.observation_space.shape != (obs_dim,) or env.action_space.shape != (act_dim,):
+    if env.single_observation_space.shape != (obs_dim,) or env.single_action_space.shape != (act_dim,):
         raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
-                         f"but env {env_id} has {env.observation_space.shape} and "
-                         f"{env.action_space.shape}; set env to the dataset's env")
+                         f"but env {env_id} has {env.single_observation_space.shape} and "
+                         f"{env.single_action_space.shape}; set env to the dataset's env")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     has_refs = ref_min is not None and ref_max is not None
@@ -421,6 +432,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     buffer = ReplayBuffer(data, cfg.normalize, device)
     agent = TD3BC(obs_dim, act_dim, cfg, device)
+    update = torch.compile(agent.update) if cfg.torch_compile else agent.update
     step, elapsed = 0, 0.0
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
     if cfg.resume:
@@ -446,7 +458,7 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.max_timesteps, initial=step, disable=not cfg.progress_bar, unit="upd",
                dynamic_ncols=True)
     while step < cfg.max_timesteps:
-        losses = agent.update(*buffer.sample(cfg.batch_size), step=step + 1)
+        losses = update(*buffer.sample(cfg.batch_size), step=step + 1)
         for k, v in losses.items():
             sums[k], counts[k] = sums.get(k, 0) + v, counts.get(k, 0) + 1
         n_sum += 1
@@ -464,7 +476,7 @@ def train(cfg: TrainConfig) -> Path:
                 f"stopped. The last good checkpoint ({ckpt_path}, step {step - n_sum}) is kept.")
         now = time.time()
         elapsed, rate, t_last = elapsed + now - t_last, n_sum / (now - t_last), now
-        returns = evaluate(env, agent.actor, buffer, cfg.n_episodes, cfg.seed + 100, device)
+        returns = evaluate(env, agent.actor, buffer, cfg.seed + 100, device)
         scores = normalized_score(returns, ref_min, ref_max) if has_refs else None
         record = {"step": step, "return_mean": float(returns.mean()), "return_std": float(returns.std()),
                   "normalized_score": float(scores.mean()) if has_refs else None,

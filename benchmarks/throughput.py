@@ -3,7 +3,9 @@
 The buffer is synthetic but shaped like D4RL (hopper: obs 11, act 3; halfcheetah: obs 17, act 6;
 1M transitions); the networks, sampling and update are the algorithm file's own, imported as a
 module. Each repetition times ``--steps`` updates after ``--warmup`` untimed ones; the report
-gives min / median / max over ``--reps`` repetitions per torch thread count.
+gives min / median / max over ``--reps`` repetitions per torch thread count (``--compile``: the
+step through torch.compile, the files' ``torch_compile: true``; compile time is in the warm-up).
+Then one call of the file's ``evaluate`` is timed on ``--eval-episodes`` full-length episodes.
 
     python benchmarks/throughput.py --threads 1 2
 
@@ -26,22 +28,39 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
+ENV_ID = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}
 # benchmark name -> (algorithm file, agent class); spot_vae is SPOT's phase 1 (the VAE alone)
 AGENT_CLASS = {"iac_cpe": ("iac_cpe", "IACCPE"), "td3_bc": ("td3_bc", "TD3BC"), "iql": ("iql", "IQL"),
                "awac": ("awac", "AWAC"), "spot": ("spot", "SPOT"), "spot_vae": ("spot", "SPOT"),
                "por": ("por", "POR")}
 
 
-def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device):
-    """The algorithm's own update step as ``update(*batch)``; TD3+BC and SPOT also need the
-    iteration, SPOT's VAE phase takes (s, a) only."""
+def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device, compile_: bool = False):
+    """(agent, the algorithm's own update step as ``update(*batch)``); TD3+BC and SPOT also need
+    the iteration, SPOT's VAE phase takes (s, a) only. ``compile_``: the step through
+    ``torch.compile``, as ``torch_compile: true`` trains."""
     agent = getattr(mod, AGENT_CLASS[algo][1])(obs_dim, act_dim, cfg, device)
+    wrap = torch.compile if compile_ else (lambda f: f)
     if algo == "spot_vae":
-        return lambda s, a, *rest: agent.vae_update(s, a)
+        vae_update = wrap(agent.vae_update)
+        return agent, lambda s, a, *rest: vae_update(s, a)
+    update = wrap(agent.update)
     if algo not in ("td3_bc", "spot"):
-        return agent.update
+        return agent, update
     it = itertools.count(1)
-    return lambda *batch: agent.update(*batch, step=next(it))
+    return agent, lambda *batch: update(*batch, step=next(it))
+
+
+def time_evaluation(algo: str, mod, env: str, agent, buffer, device: torch.device, n_episodes: int) -> float:
+    """Seconds of one call of the file's ``evaluate`` on ``n_episodes`` full-length (1000-step)
+    episodes: a vector env of the gymnasium -v5 env with termination off, so an untrained policy
+    costs what a good one does."""
+    import gymnasium as gym
+    kwargs = {"terminate_when_unhealthy": False} if env == "hopper" else {}
+    envs = gym.make_vec(ENV_ID[env], num_envs=n_episodes, vectorization_mode="sync", **kwargs)
+    t0 = time.perf_counter()
+    mod.evaluate(envs, agent if algo == "por" else agent.actor, buffer, 0, device)
+    return time.perf_counter() - t0
 
 
 def load(name: str):
@@ -81,6 +100,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd step (torch_compile: true)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the timed evaluation (0: none)")
     p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
     args = p.parse_args()
     load_before = os.getloadavg()[0]
@@ -97,30 +118,38 @@ def main() -> None:
                     torch.set_num_threads(threads)
                     torch.manual_seed(0)
                     cfg = mod.TrainConfig(dataset_id="synthetic", device=dev_name)
-                    update = make_update(algo, mod, *SHAPES[env], cfg, device)
+                    agent, update = make_update(algo, mod, *SHAPES[env], cfg, device, args.compile)
                     time_updates(update, buffer, cfg.batch_size, args.warmup, device)
                     rates = [time_updates(update, buffer, cfg.batch_size, args.steps, device)
                              for _ in range(args.reps)]
-                    row = {"algo": algo, "env": env, "device": dev_name, "threads": threads,
-                           "min": min(rates), "median": statistics.median(rates), "max": max(rates)}
+                    row = {"algo": algo, "env": env, "device": dev_name, "threads": threads, "compiled": args.compile,
+                           "min": min(rates), "median": statistics.median(rates), "max": max(rates),
+                           "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
+                           time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes)}
                     rows.append(row)
                     print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
-                          f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})")
+                          f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
+                          + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else ""))
     meta = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
             "warmup": args.warmup, "steps": args.steps, "reps": args.reps,
-            "transitions": args.transitions}
+            "transitions": args.transitions, "eval_episodes": args.eval_episodes, "compiled": args.compile}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['cores']} cores, load "
              f"average {load_before:.2f} before / {meta['load_avg_after']:.2f} after; {args.warmup} warm-up "
-             f"updates, then {args.reps} x {args.steps} timed updates (batch sampling included).", "",
-             "| algorithm | buffer | device | threads | updates/s median | min | max |", "|---|---|---|---|---|---|---|"]
+             f"updates, then {args.reps} x {args.steps} timed updates (batch sampling included)"
+             + (", update through torch.compile." if args.compile else "."), "",
+             f"Evaluation: seconds of one `evaluate` call on {args.eval_episodes} full-length (1000-step) "
+             "episodes stepped together in a gymnasium vector env.", "",
+             "| algorithm | buffer | device | threads | updates/s median | min | max | evaluation (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     size = f"{args.transitions / 1e6:g}M" if args.transitions >= 1e6 else f"{args.transitions}"
     lines += [f"| {r['algo']} | {r['env']} {size} | {r['device']} | {r['threads']} | {r['median']:.0f} | "
-              f"{r['min']:.0f} | {r['max']:.0f} |" for r in rows]
+              f"{r['min']:.0f} | {r['max']:.0f} | {'–' if r['eval_s'] is None else format(r['eval_s'], '.1f')} |"
+              for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 

@@ -183,7 +183,7 @@ def test_short_run_writes_metrics_checkpoint_and_evaluates_deterministically(por
     agent = por.POR(11, 3, cfg, torch.device("cpu"))
     agent.load_state_dict(state["agent"])
     buffer = por.ReplayBuffer(por.load_dataset(cfg), False, torch.device("cpu"))
-    returns = por.evaluate(gym.make("Hopper-v5"), agent, buffer, 2, cfg.seed + 100, torch.device("cpu"))
+    returns = por.evaluate(gym.make_vec("Hopper-v5", num_envs=2, vectorization_mode="sync"), agent, buffer, cfg.seed + 100, torch.device("cpu"))
     np.testing.assert_allclose(returns.mean(), rows[-1]["return_mean"])  # same seeds, same result
 
 
