@@ -25,6 +25,7 @@ Exit status: 0 when every run finished, 1 when any failed, 2 on a bad grid.
 """
 
 import argparse
+import ctypes
 import json
 import os
 import shlex
@@ -95,6 +96,12 @@ def command(run: dict, cpus_per_run: float, resume: bool) -> list:
     return cmd
 
 
+def _stop_with_parent() -> None:
+    """In the training process (Linux): SIGINT it when the Ray worker that started it dies, which
+    is how the driver's Ctrl-C reaches it (ray.cancel(force=True) kills the worker)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+
+
 def run_process(cmd: list, log_path: str) -> dict:
     """Run one training process with its output appended to ``log_path``; returns rc, seconds and
     the log's last lines. If this task is cancelled (Ctrl-C in the driver), the process is stopped."""
@@ -103,9 +110,10 @@ def run_process(cmd: list, log_path: str) -> dict:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "WANDB_SILENT": "true"})
+                                env={**os.environ, "WANDB_SILENT": "true"}, preexec_fn=_stop_with_parent)
         try:
-            rc = proc.wait()
+            while (rc := proc.poll()) is None:  # a Python-level loop, so ray.cancel's interrupt lands
+                time.sleep(0.5)
         except BaseException:  # ray.cancel raises KeyboardInterrupt here
             proc.send_signal(signal.SIGINT)
             try:
@@ -177,7 +185,10 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run")
     try:
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # timeout: Ctrl-C gets through
+            if not ready:
+                continue
+            [ref] = ready
             run, attempt = pending.pop(ref)
             res = ray.get(ref)
             if res["rc"] == 0:
@@ -198,7 +209,7 @@ def main(argv=None) -> int:
         bar.write(f"interrupted: stopping {len(pending)} runs in flight (their checkpoints are kept; "
                   "run the same command to resume them)")
         for ref in pending:
-            ray.cancel(ref)
+            ray.cancel(ref, force=True)
         ray.wait(list(pending), num_returns=len(pending), timeout=60)
         ray.shutdown()
         return 130
