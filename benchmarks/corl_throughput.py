@@ -40,9 +40,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,7 +52,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
+sys.path.insert(0, str(Path(__file__).parent))
+import throughput  # noqa: E402  (the shared synthetic data and report writer)
+
+SHAPES = throughput.SHAPES
 MAX_ACTION = 1.0  # env.action_space.high[0] of the D4RL locomotion tasks
 # benchmark name -> (CORL file, what one step calls); spot_vae is SPOT's VAE phase alone
 ENTRIES = {"td3_bc": ("algorithms/offline/td3_bc.py", "TD3_BC.train"),
@@ -155,15 +156,9 @@ _DATA = {}
 
 
 def synthetic_data(obs_dim: int, act_dim: int, n: int) -> dict:
-    """The same arrays as throughput.py's synthetic_buffer, in D4RL's qlearning_dataset layout."""
+    """throughput.py's synthetic transitions (D4RL's qlearning_dataset layout), made once per shape."""
     if (obs_dim, act_dim, n) not in _DATA:
-        rng = np.random.default_rng(0)
-        obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-        actions = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
-        rewards = rng.normal(size=n).astype(np.float32)
-        _DATA[(obs_dim, act_dim, n)] = {"observations": obs, "actions": actions, "rewards": rewards,
-                                        "next_observations": obs[::-1].copy(),
-                                        "terminals": (rng.random(n) < 0.001).astype(np.float32)}
+        _DATA[(obs_dim, act_dim, n)] = throughput.synthetic_arrays(obs_dim, act_dim, n)
     return _DATA[(obs_dim, act_dim, n)]
 
 
@@ -247,26 +242,11 @@ def main() -> None:
                     rows.append(row)
                     print(f"corl {algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})")
-    meta = {"command": "python " + " ".join(sys.argv), "corl_dir": str(corl_dir), "corl_commit": corl_commit(corl_dir),
-            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
-            "warmup": args.warmup, "steps": args.steps, "reps": args.reps,
-            "transitions": args.transitions, "stubbed_modules": ["d4rl", "gym"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"Command: `{meta['command']}`  ", f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}; torch "
-             f"{meta['torch']}, {meta['cores']} cores, load average {load_before:.2f} before / "
-             f"{meta['load_avg_after']:.2f} after; {args.warmup} warm-up updates, then {args.reps} x {args.steps} "
-             f"timed updates (batch sampling included).", "",
-             "| algorithm | buffer | device | threads | updates/s median | min | max |", "|---|---|---|---|---|---|---|"]
-    size = f"{args.transitions / 1e6:g}M" if args.transitions >= 1e6 else f"{args.transitions}"
-    lines += [f"| {r['algo']} | {r['env']} {size} | {r['device']} | {r['threads']} | {r['median']:.0f} | "
-              f"{r['min']:.0f} | {r['max']:.0f} |" for r in rows]
-    lines += ["", "CORL step per algorithm (ReplayBuffer.sample + .to(device) + this call): "
-              + "; ".join(f"{a}: `{ENTRIES[a][0]}` {ENTRIES[a][1]}" for a in args.algos) + "."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    meta = throughput.run_meta(args, load_before, corl_dir=str(corl_dir), corl_commit=corl_commit(corl_dir),
+                               stubbed_modules=["d4rl", "gym"])
+    throughput.write_report(args, meta, rows, "CORL's step", f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}.",
+                            footer=["", "CORL step per algorithm (ReplayBuffer.sample + .to(device) + this call): "
+                                    + "; ".join(f"{a}: `{ENTRIES[a][0]}` {ENTRIES[a][1]}" for a in args.algos) + "."])
 
 
 if __name__ == "__main__":

@@ -71,12 +71,19 @@ def load(name: str):
     return module
 
 
-def synthetic_buffer(mod, obs_dim: int, act_dim: int, n: int, device: torch.device):
+def synthetic_arrays(obs_dim: int, act_dim: int, n: int) -> dict:
+    """D4RL-shaped random transitions (qlearning_dataset keys), the same for every benchmark."""
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-    data = mod.Dataset(obs, rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-                       rng.normal(size=n).astype(np.float32), obs[::-1].copy(),
-                       (rng.random(n) < 0.001).astype(np.float32), None, None, None, "synthetic")
+    return {"observations": obs, "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32), "next_observations": obs[::-1].copy(),
+            "terminals": (rng.random(n) < 0.001).astype(np.float32)}
+
+
+def synthetic_buffer(mod, obs_dim: int, act_dim: int, n: int, device: torch.device):
+    d = synthetic_arrays(obs_dim, act_dim, n)
+    data = mod.Dataset(d["observations"], d["actions"], d["rewards"], d["next_observations"],
+                       d["terminals"], None, None, None, "synthetic")
     return mod.ReplayBuffer(data, True, device)
 
 
@@ -130,27 +137,37 @@ def main() -> None:
                     print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
                           + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else ""))
-    meta = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+    meta = run_meta(args, load_before, eval_episodes=args.eval_episodes, compiled=args.compile)
+    header = ("Evaluation: seconds of one `evaluate` call on "
+              f"{args.eval_episodes} full-length (1000-step) episodes stepped together in a gymnasium vector env.")
+    write_report(args, meta, rows, ("compiled " if args.compile else "") + "update", header,
+                 [("evaluation (s)", lambda r: "–" if r["eval_s"] is None else f"{r['eval_s']:.1f}")])
+
+
+def run_meta(args, load_before: float, **extra) -> dict:
+    """What a benchmark table records about its run: command, torch, machine, load, sizes."""
+    return {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0],
-            "warmup": args.warmup, "steps": args.steps, "reps": args.reps,
-            "transitions": args.transitions, "eval_episodes": args.eval_episodes, "compiled": args.compile}
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg()[0], "warmup": args.warmup,
+            "steps": args.steps, "reps": args.reps, "transitions": args.transitions, **extra}
+
+
+def write_report(args, meta: dict, rows: list, what: str, note: str, columns=(), footer=()) -> None:
+    """``<out>.json`` (meta + rows) and ``<out>.md``: the command, the machine, and one table row per
+    (algorithm, buffer, device, threads) with updates/s median/min/max plus ``columns`` (title, fn)."""
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['cores']} cores, load "
-             f"average {load_before:.2f} before / {meta['load_avg_after']:.2f} after; {args.warmup} warm-up "
-             f"updates, then {args.reps} x {args.steps} timed updates (batch sampling included)"
-             + (", update through torch.compile." if args.compile else "."), "",
-             f"Evaluation: seconds of one `evaluate` call on {args.eval_episodes} full-length (1000-step) "
-             "episodes stepped together in a gymnasium vector env.", "",
-             "| algorithm | buffer | device | threads | updates/s median | min | max | evaluation (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Command: `{meta['command']}`  ", f"torch {meta['torch']}, {meta['cores']} cores, load average "
+             f"{meta['load_avg_before']:.2f} before / {meta['load_avg_after']:.2f} after; {args.warmup} warm-up "
+             f"updates, then {args.reps} x {args.steps} timed updates ({what}, batch sampling included).",
+             "", note, "",
+             "| algorithm | buffer | device | threads | updates/s median | min | max |"
+             + "".join(f" {t} |" for t, _ in columns), "|---|---|---|---|---|---|---|" + "---|" * len(columns)]
     size = f"{args.transitions / 1e6:g}M" if args.transitions >= 1e6 else f"{args.transitions}"
     lines += [f"| {r['algo']} | {r['env']} {size} | {r['device']} | {r['threads']} | {r['median']:.0f} | "
-              f"{r['min']:.0f} | {r['max']:.0f} | {'–' if r['eval_s'] is None else format(r['eval_s'], '.1f')} |"
-              for r in rows]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+              f"{r['min']:.0f} | {r['max']:.0f} |" + "".join(f" {fn(r)} |" for _, fn in columns) for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines + list(footer)) + "\n")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
 
 

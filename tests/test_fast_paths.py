@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from conftest import load_algorithm
 
-ALGOS = ["iac_cpe", "td3_bc", "iql", "awac", "spot", "por"]
+AGENT = {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC", "spot": "SPOT", "por": "POR"}
+ALGOS = list(AGENT)
 
 
 def plain_member(net, x, i):
@@ -70,7 +71,7 @@ def test_actor_step_adds_nothing_to_the_critic_gradients(name):
     mod = load_algorithm(name)
     torch.manual_seed(0)
     cfg = mod.TrainConfig(dataset_id="x", hidden_dim=32, policy_freq=1)
-    agent = getattr(mod, {"td3_bc": "TD3BC", "spot": "SPOT"}[name])(11, 3, cfg, torch.device("cpu"))
+    agent = getattr(mod, AGENT[name])(11, 3, cfg, torch.device("cpu"))
     critic_only = copy.deepcopy(agent)
     critic_only.cfg = dataclasses.replace(cfg, policy_freq=2)  # iteration 1: no actor step
     batch = (torch.randn(16, 11), torch.rand(16, 3) * 2 - 1, torch.randn(16), torch.randn(16, 11), torch.zeros(16))
@@ -109,8 +110,7 @@ def test_vector_env_evaluation_equals_episodes_run_one_by_one(name):
     mod = load_algorithm(name)
     torch.manual_seed(0)
     cfg = mod.TrainConfig(dataset_id="x", hidden_dim=32)
-    agent = getattr(mod, {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC",
-                          "spot": "SPOT", "por": "POR"}[name])(11, 3, cfg, torch.device("cpu"))
+    agent = getattr(mod, AGENT[name])(11, 3, cfg, torch.device("cpu"))
     buffer = SimpleNamespace(mean=np.zeros(11, np.float32), std=np.ones(11, np.float32))
     env = gym.make_vec("Hopper-v5", num_envs=3, vectorization_mode="sync")
     returns = mod.evaluate(env, agent if name == "por" else agent.actor, buffer, 5, torch.device("cpu"))
@@ -120,9 +120,6 @@ def test_vector_env_evaluation_equals_episodes_run_one_by_one(name):
         expected = sequential_returns(act_fn(name, agent), 3, 5)
     np.testing.assert_allclose(returns, expected, rtol=1e-4)
     assert len(set(np.round(returns, 3))) == 3  # three different start states
-
-
-AGENT = {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC", "spot": "SPOT", "por": "POR"}
 
 
 @pytest.mark.parametrize("name", ALGOS)
