@@ -45,7 +45,7 @@ class GridError(ValueError):
 
 def parse_sets(items, algorithms) -> dict:
     """``--set key=value`` (every run) and ``--set algo.key=value`` (one algorithm's runs) ->
-    {algo: {key: value}}. Raises SystemExit naming the bad item."""
+    {algo: {key: value}}. Raises GridError naming the bad item."""
     per_algo = {a: {} for a in algorithms}
     for item in items:
         key, sep, value = item.partition("=")
@@ -104,23 +104,15 @@ def _stop_with_parent() -> None:
 
 def run_process(cmd: list, log_path: str) -> dict:
     """Run one training process with its output appended to ``log_path``; returns rc, seconds and
-    the log's last lines. If this task is cancelled (Ctrl-C in the driver), the process is stopped."""
+    the log's last lines. When the driver's Ctrl-C force-cancels this task, the worker dies and
+    the process gets SIGINT (``_stop_with_parent``), keeping its last checkpoint."""
     start = time.time()
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "WANDB_SILENT": "true"}, preexec_fn=_stop_with_parent)
-        try:
-            while (rc := proc.poll()) is None:  # a Python-level loop, so ray.cancel's interrupt lands
-                time.sleep(0.5)
-        except BaseException:  # ray.cancel raises KeyboardInterrupt here
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
+        rc = proc.wait()
     tail = Path(log_path).read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return {"rc": rc, "seconds": time.time() - start, "tail": tail}
 

@@ -1,6 +1,7 @@
 """Each algorithm's fast paths compute what a plain reference computation computes (float tolerance):
 the batched critic ensemble against each member run as ordinary Linear layers, TD3's Q_1-only actor
-path against the full ensemble, and the vector-env evaluation against episodes run one at a time."""
+path against the full ensemble, the vector-env evaluation against episodes run one at a time, and
+the torch.compile'd update against the eager one."""
 
 import copy
 import dataclasses
@@ -17,6 +18,13 @@ from conftest import load_algorithm
 
 AGENT = {"iac_cpe": "IACCPE", "td3_bc": "TD3BC", "iql": "IQL", "awac": "AWAC", "spot": "SPOT", "por": "POR"}
 ALGOS = list(AGENT)
+
+
+def random_batch(n: int, generator=None):
+    """A hopper-shaped batch (s, a, r, s', done) of n transitions."""
+    g = generator
+    return (torch.randn(n, 11, generator=g), torch.rand(n, 3, generator=g) * 2 - 1,
+            torch.randn(n, generator=g), torch.randn(n, 11, generator=g), torch.zeros(n))
 
 
 def plain_member(net, x, i):
@@ -51,7 +59,7 @@ def test_batched_ensemble_equals_each_member_run_alone(name):
 
 
 @pytest.mark.parametrize("name", ["td3_bc", "spot"])
-def test_q1_path_matches_the_ensemble_and_leaves_critic_grads_alone(name):
+def test_q1_path_matches_the_ensemble_and_its_action_gradient(name):
     mod = load_algorithm(name)
     torch.manual_seed(0)
     critic = mod.TwinQ(11, 3, mod.TrainConfig(dataset_id="x", hidden_dim=32))
@@ -74,7 +82,7 @@ def test_actor_step_adds_nothing_to_the_critic_gradients(name):
     agent = getattr(mod, AGENT[name])(11, 3, cfg, torch.device("cpu"))
     critic_only = copy.deepcopy(agent)
     critic_only.cfg = dataclasses.replace(cfg, policy_freq=2)  # iteration 1: no actor step
-    batch = (torch.randn(16, 11), torch.rand(16, 3) * 2 - 1, torch.randn(16), torch.randn(16, 11), torch.zeros(16))
+    batch = random_batch(16)
     torch.manual_seed(1)
     assert "actor_loss" in agent.update(*batch, step=1)
     torch.manual_seed(1)
@@ -136,8 +144,7 @@ def test_compiled_update_computes_the_eager_losses(name):
     fast = copy.deepcopy(eager)
     update = torch.compile(fast.update)
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(8, 11, generator=g), torch.rand(8, 3, generator=g) * 2 - 1,
-                torch.randn(8, generator=g), torch.randn(8, 11, generator=g), torch.zeros(8)) for _ in range(2)]
+    batches = [random_batch(8, g) for _ in range(2)]
     for i, batch in enumerate(batches, start=1):
         kw = {"step": i} if name in ("td3_bc", "spot") else {}
         torch.manual_seed(i)
