@@ -22,7 +22,8 @@ target networks on every 2nd step (``policy_freq`` 2), so keep ``--warmup`` and 
 step includes its actor cosine LR schedule step. SPOT's actor-critic step runs with an untrained VAE
 (after ``vae.eval()``, as ``train()`` does after the VAE phase): the weights do not change the work.
 Each repetition times ``--steps`` updates after ``--warmup`` untimed ones; the report gives
-min / median / max over ``--reps`` repetitions per torch thread count.
+min / median / max over ``--reps`` repetitions per torch thread count; ``--profile`` adds the
+share of the step spent in matrix multiplies and the ceiling it sets, as in throughput.py.
 
 CORL's files import ``d4rl`` and ``gym`` at top level; neither is used by the measured code, so
 before importing them this script puts stub modules into ``sys.modules``: an empty ``d4rl`` and a
@@ -208,6 +209,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--profile", action="store_true", help="add matmul ms per update and the ceiling it sets")
     p.add_argument("--out", default=str(ROOT / "results" / "corl_throughput"))
     args = p.parse_args()
     corl_dir = args.corl_dir.resolve()
@@ -238,13 +240,18 @@ def main() -> None:
                     row = {"algo": algo, "env": env, "device": dev_name, "threads": threads,
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "corl_file": ENTRIES[algo][0], "corl_step": ENTRIES[algo][1],
-                           "batch_size": cfg.batch_size, "buffer_size": capacity}
+                           "batch_size": cfg.batch_size, "buffer_size": capacity,
+                           "matmul_share": throughput.matmul_share(
+                               lambda n: time_updates(step, buffer, cfg.batch_size, n, device), args.steps)
+                           if args.profile and device.type == "cpu" else None}
                     rows.append(row)
                     print(f"corl {algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
-                          f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})")
+                          f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
+                          + (f", matmul share {row['matmul_share']:.0%}" if row["matmul_share"] else ""))
     meta = throughput.run_meta(args, load_before, corl_dir=str(corl_dir), corl_commit=corl_commit(corl_dir),
                                stubbed_modules=["d4rl", "gym"])
-    throughput.write_report(args, meta, rows, "CORL's step", f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}.",
+    note = f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}." + (" " + throughput.PROFILE_NOTE if args.profile else "")
+    throughput.write_report(args, meta, rows, "CORL's step", note, throughput.PROFILE_COLUMNS if args.profile else (),
                             footer=["", "CORL step per algorithm (ReplayBuffer.sample + .to(device) + this call): "
                                     + "; ".join(f"{a}: `{ENTRIES[a][0]}` {ENTRIES[a][1]}" for a in args.algos) + "."])
 

@@ -6,6 +6,10 @@ module. Each repetition times ``--steps`` updates after ``--warmup`` untimed one
 gives min / median / max over ``--reps`` repetitions per torch thread count (``--compile``: the
 step through torch.compile, the files' ``torch_compile: true``; compile time is in the warm-up).
 Then one call of the file's ``evaluate`` is timed on ``--eval-episodes`` full-length episodes.
+``--profile`` adds, for CPU rows, what bounds the step: the share of a profiled run of ``--steps``
+updates spent in matrix multiplies (torch.profiler self time of aten::mm/addmm/bmm/baddbmm) and the
+ceiling median / share, the updates/s the step would reach if everything else took no time.
+Each row also gives the hours of 1M updates at the median speed.
 
     python benchmarks/throughput.py --threads 1 2
 
@@ -63,6 +67,29 @@ def time_evaluation(algo: str, mod, env: str, agent, buffer, device: torch.devic
     return time.perf_counter() - t0
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+PROFILE_NOTE = ("Matmul share: the fraction of a profiled run of the same updates spent inside matrix "
+                "multiplies (CPU rows; torch.profiler self time over wall time); ceiling: median / share, "
+                "the updates/s if all other work took no time.")
+PROFILE_COLUMNS = [("matmul share", lambda r: "–" if r["matmul_share"] is None else f"{r['matmul_share']:.0%}"),
+                   ("ceiling updates/s",
+                    lambda r: "–" if r["matmul_share"] is None else f"{r['median'] / r['matmul_share']:.0f}")]
+
+
+def matmul_share(run_updates, steps: int) -> float:
+    """Fraction of the wall time of ``run_updates(steps)`` (``steps`` updates, on CPU) spent inside
+    matrix multiplies: torch.profiler self time of ``MATMULS`` over wall time. Profiling slows the
+    other, shorter ops more, so this errs low and the ceiling it sets errs high."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        run_updates(steps)
+        wall_us = (time.perf_counter() - t0) * 1e6
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / wall_us
+
+
 def load(name: str):
     name = AGENT_CLASS[name][0]
     spec = importlib.util.spec_from_file_location(name, ROOT / "algorithms" / f"{name}.py")
@@ -109,6 +136,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd step (torch_compile: true)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the timed evaluation (0: none)")
+    p.add_argument("--profile", action="store_true", help="add matmul ms per update and the ceiling it sets")
     p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
     args = p.parse_args()
     load_before = os.getloadavg()[0]
@@ -132,16 +160,25 @@ def main() -> None:
                     row = {"algo": algo, "env": env, "device": dev_name, "threads": threads, "compiled": args.compile,
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
-                           time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes)}
+                           time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes),
+                           "matmul_share": matmul_share(
+                               lambda n: time_updates(update, buffer, cfg.batch_size, n, device), args.steps)
+                           if args.profile and device.type == "cpu" else None}
                     rows.append(row)
                     print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
-                          + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else ""))
+                          + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else "")
+                          + (f", matmul share {row['matmul_share']:.0%}" if row["matmul_share"] else ""))
     meta = run_meta(args, load_before, eval_episodes=args.eval_episodes, compiled=args.compile)
     header = ("Evaluation: seconds of one `evaluate` call on "
-              f"{args.eval_episodes} full-length (1000-step) episodes stepped together in a gymnasium vector env.")
-    write_report(args, meta, rows, ("compiled " if args.compile else "") + "update", header,
-                 [("evaluation (s)", lambda r: "–" if r["eval_s"] is None else f"{r['eval_s']:.1f}")])
+              f"{args.eval_episodes} full-length (1000-step) episodes stepped together in a gymnasium vector env."
+              if args.eval_episodes else "Evaluation not timed (`--eval-episodes 0`).")
+    columns = [("hours per 1M updates", lambda r: f"{1e6 / r['median'] / 3600:.1f}"),
+               ("evaluation (s)", lambda r: "–" if r["eval_s"] is None else f"{r['eval_s']:.1f}")]
+    if args.profile:
+        header += " " + PROFILE_NOTE
+        columns += PROFILE_COLUMNS
+    write_report(args, meta, rows, ("compiled " if args.compile else "") + "update", header, columns)
 
 
 def run_meta(args, load_before: float, **extra) -> dict:
