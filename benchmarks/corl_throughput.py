@@ -209,7 +209,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--profile", action="store_true", help="add matmul ms per update and the ceiling it sets")
+    p.add_argument("--profile", action="store_true", help="add the matmul share of the step and the ceiling it sets (CPU)")
     p.add_argument("--out", default=str(ROOT / "results" / "corl_throughput"))
     args = p.parse_args()
     corl_dir = args.corl_dir.resolve()

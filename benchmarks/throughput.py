@@ -136,7 +136,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd step (torch_compile: true)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the timed evaluation (0: none)")
-    p.add_argument("--profile", action="store_true", help="add matmul ms per update and the ceiling it sets")
+    p.add_argument("--profile", action="store_true", help="add the matmul share of the step and the ceiling it sets (CPU)")
     p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
     args = p.parse_args()
     load_before = os.getloadavg()[0]
