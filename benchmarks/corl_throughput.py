@@ -241,9 +241,8 @@ def main() -> None:
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "corl_file": ENTRIES[algo][0], "corl_step": ENTRIES[algo][1],
                            "batch_size": cfg.batch_size, "buffer_size": capacity,
-                           "matmul_share": throughput.matmul_share(
-                               lambda n: time_updates(step, buffer, cfg.batch_size, n, device), args.steps)
-                           if args.profile and device.type == "cpu" else None}
+                           "matmul_share": throughput.profiled_share(
+                               args, device, lambda n: time_updates(step, buffer, cfg.batch_size, n, device))}
                     rows.append(row)
                     print(f"corl {algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"

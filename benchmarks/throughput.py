@@ -90,6 +90,11 @@ def matmul_share(run_updates, steps: int) -> float:
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / wall_us
 
 
+def profiled_share(args, device: torch.device, run_updates) -> float | None:
+    """``matmul_share`` of ``args.steps`` updates when ``--profile`` is set and the device is the CPU, else None."""
+    return matmul_share(run_updates, args.steps) if args.profile and device.type == "cpu" else None
+
+
 def load(name: str):
     name = AGENT_CLASS[name][0]
     spec = importlib.util.spec_from_file_location(name, ROOT / "algorithms" / f"{name}.py")
@@ -161,9 +166,8 @@ def main() -> None:
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
                            time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes),
-                           "matmul_share": matmul_share(
-                               lambda n: time_updates(update, buffer, cfg.batch_size, n, device), args.steps)
-                           if args.profile and device.type == "cpu" else None}
+                           "matmul_share": profiled_share(
+                               args, device, lambda n: time_updates(update, buffer, cfg.batch_size, n, device))}
                     rows.append(row)
                     print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
