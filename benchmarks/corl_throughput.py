@@ -209,7 +209,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--profile", action="store_true", help="add the matmul share of the step and the ceiling it sets (CPU)")
+    p.add_argument("--profile", action="store_true",
+                   help="add the matmul share of the step, the rate of its matmuls and the ceiling they set (CPU)")
     p.add_argument("--out", default=str(ROOT / "results" / "corl_throughput"))
     args = p.parse_args()
     corl_dir = args.corl_dir.resolve()
@@ -241,7 +242,7 @@ def main() -> None:
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "corl_file": ENTRIES[algo][0], "corl_step": ENTRIES[algo][1],
                            "batch_size": cfg.batch_size, "buffer_size": capacity,
-                           "matmul_share": throughput.profiled_share(
+                           **throughput.profiled_matmuls(
                                args, device, lambda n: time_updates(step, buffer, cfg.batch_size, n, device))}
                     rows.append(row)
                     print(f"corl {algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "

@@ -3,13 +3,17 @@
 The buffer is synthetic but shaped like D4RL (hopper: obs 11, act 3; halfcheetah: obs 17, act 6;
 1M transitions); the networks, sampling and update are the algorithm file's own, imported as a
 module. Each repetition times ``--steps`` updates after ``--warmup`` untimed ones; the report
-gives min / median / max over ``--reps`` repetitions per torch thread count (``--compile``: the
-step through torch.compile, the files' ``torch_compile: true``; compile time is in the warm-up).
-Then one call of the file's ``evaluate`` is timed on ``--eval-episodes`` full-length episodes.
-``--profile`` adds, for CPU rows, what bounds the step: the share of a profiled run of ``--steps``
-updates spent in matrix multiplies (torch.profiler self time of aten::mm/addmm/bmm/baddbmm) and the
-ceiling median / share, the updates/s the step would reach if everything else took no time.
-Each row also gives the hours of 1M updates at the median speed.
+gives min / median / max over ``--reps`` repetitions per torch thread count and step mode
+(``--modes``: ``eager``; ``compile``, the step through torch.compile as the files'
+``torch_compile: true`` trains; ``compiled-autograd``, the same with the backward traced too,
+``torch._dynamo.config.compiled_autograd``, which the files do not offer; compile time is in the
+warm-up). Then one call of the file's ``evaluate`` is timed on ``--eval-episodes`` full-length
+episodes. ``--profile`` adds, for CPU rows, what bounds the step: the share of a profiled run of
+``--steps`` updates spent in matrix multiplies (torch.profiler self time of
+aten::mm/addmm/bmm/baddbmm), the rate those multiplies run at (profiler FLOPs over their self time),
+the ceiling median / share (the updates/s the step would reach if everything else took no time), and
+the rate of a bare 256x256x256 float32 GEMM through torch (MKL) and numpy (OpenBLAS) per thread
+count, the speed a matmul can reach on this machine. Each row also gives the hours of 1M updates.
 
     python benchmarks/throughput.py --threads 1 2
 
@@ -33,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
 ENV_ID = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}
+MODES = ("eager", "compile", "compiled-autograd")
 # benchmark name -> (algorithm file, agent class); spot_vae is SPOT's phase 1 (the VAE alone)
 AGENT_CLASS = {"iac_cpe": ("iac_cpe", "IACCPE"), "td3_bc": ("td3_bc", "TD3BC"), "iql": ("iql", "IQL"),
                "awac": ("awac", "AWAC"), "spot": ("spot", "SPOT"), "spot_vae": ("spot", "SPOT"),
@@ -42,7 +47,8 @@ AGENT_CLASS = {"iac_cpe": ("iac_cpe", "IACCPE"), "td3_bc": ("td3_bc", "TD3BC"), 
 def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device, compile_: bool = False):
     """(agent, the algorithm's own update step as ``update(*batch)``); TD3+BC and SPOT also need
     the iteration, SPOT's VAE phase takes (s, a) only. ``compile_``: the step through
-    ``torch.compile``, as ``torch_compile: true`` trains."""
+    ``torch.compile``, as ``torch_compile: true`` trains (``torch._dynamo.config.compiled_autograd``,
+    when set by the caller, traces its backward too)."""
     agent = getattr(mod, AGENT_CLASS[algo][1])(obs_dim, act_dim, cfg, device)
     wrap = torch.compile if compile_ else (lambda f: f)
     if algo == "spot_vae":
@@ -71,28 +77,67 @@ MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 PROFILE_NOTE = ("Matmul share: the fraction of a profiled run of the same updates spent inside matrix "
-                "multiplies (CPU rows; torch.profiler self time over wall time); ceiling: median / share, "
-                "the updates/s if all other work took no time.")
+                "multiplies (CPU rows; torch.profiler self time over wall time); matmul GFLOP/s: the profiler's "
+                "FLOP count of those multiplies over their self time; ceiling: median / share, the updates/s if "
+                "all other work took no time.")
 PROFILE_COLUMNS = [("matmul share", lambda r: "–" if r["matmul_share"] is None else f"{r['matmul_share']:.0%}"),
+                   ("matmul GFLOP/s", lambda r: "–" if r["matmul_gflops"] is None else f"{r['matmul_gflops']:.0f}"),
                    ("ceiling updates/s",
                     lambda r: "–" if r["matmul_share"] is None else f"{r['median'] / r['matmul_share']:.0f}")]
 
 
-def matmul_share(run_updates, steps: int) -> float:
-    """Fraction of the wall time of ``run_updates(steps)`` (``steps`` updates, on CPU) spent inside
-    matrix multiplies: torch.profiler self time of ``MATMULS`` over wall time. Profiling slows the
-    other, shorter ops more, so this errs low and the ceiling it sets errs high."""
+def matmul_profile(run_updates, steps: int) -> dict:
+    """What the matrix multiplies (``MATMULS``) of ``run_updates(steps)`` (``steps`` updates, on CPU)
+    cost: ``matmul_share``, their torch.profiler self time over wall time, and ``matmul_gflops``,
+    the profiler's FLOP count of them over that self time. Profiling slows the other, shorter ops
+    more, so the share errs low and the ceiling it sets errs high."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         t0 = time.perf_counter()
         run_updates(steps)
         wall_us = (time.perf_counter() - t0) * 1e6
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / wall_us
+    mm = [e for e in prof.key_averages() if e.key in MATMULS]
+    self_us = sum(e.self_cpu_time_total for e in mm)
+    return {"matmul_share": self_us / wall_us, "matmul_gflops": sum(e.flops for e in mm) / self_us / 1e3}
 
 
-def profiled_share(args, device: torch.device, run_updates) -> float | None:
-    """``matmul_share`` of ``args.steps`` updates when ``--profile`` is set and the device is the CPU, else None."""
-    return matmul_share(run_updates, args.steps) if args.profile and device.type == "cpu" else None
+def profiled_matmuls(args, device: torch.device, run_updates) -> dict:
+    """``matmul_profile`` of ``args.steps`` updates when ``--profile`` is set and the device is the
+    CPU, else the same keys set to None."""
+    if args.profile and device.type == "cpu":
+        return matmul_profile(run_updates, args.steps)
+    return {"matmul_share": None, "matmul_gflops": None}
+
+
+def gemm_gflops(threads: int, n: int = 256, reps: int = 300) -> dict:
+    """GFLOP/s of a bare (n x n) @ (n x n) float32 product on ``threads`` CPU threads, through torch
+    (its BLAS: MKL in the PyPI wheels) and through numpy (OpenBLAS), median of 5 timings of ``reps``
+    products: the rate a matmul of the networks' width reaches on this machine."""
+    from threadpoolctl import threadpool_limits
+    a, b = np.random.default_rng(0).standard_normal((2, n, n), dtype=np.float32)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    torch.set_num_threads(threads)
+    rates = {}
+    with threadpool_limits(threads):
+        for name, mm in (("torch", lambda: ta @ tb), ("numpy", lambda: a @ b)):
+            for _ in range(20):
+                mm()
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    mm()
+                times.append((time.perf_counter() - t0) / reps)
+            rates[name] = 2 * n ** 3 / statistics.median(times) / 1e9
+    return rates
+
+
+def gemm_note(threads_list) -> tuple:
+    """(meta entry, one report sentence) with ``gemm_gflops`` for each thread count."""
+    rates = {t: gemm_gflops(t) for t in threads_list}
+    return rates, ("Bare 256x256x256 float32 GEMM on this machine, GFLOP/s: " + "; ".join(
+        f"{t} thread{'s' * (t > 1)}: torch {r['torch']:.0f}, numpy (OpenBLAS) {r['numpy']:.0f}"
+        for t, r in rates.items()) + ".")
 
 
 def load(name: str):
@@ -139,9 +184,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--compile", action="store_true", help="time the torch.compile'd step (torch_compile: true)")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=list(MODES),
+                   help="step modes to time: eager, compile (torch_compile: true), compiled-autograd (compile + "
+                        "the backward traced by torch._dynamo's compiled autograd, not offered by the files)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the timed evaluation (0: none)")
-    p.add_argument("--profile", action="store_true", help="add the matmul share of the step and the ceiling it sets (CPU)")
+    p.add_argument("--profile", action="store_true", help="add the matmul share of the step, the rate of its matmuls, the ceiling they set and "
+                        "a bare-GEMM reference rate (CPU)")
     p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
     args = p.parse_args()
     load_before = os.getloadavg()[0]
@@ -154,35 +202,41 @@ def main() -> None:
             for dev_name in args.devices:
                 device = torch.device(dev_name)
                 buffer = synthetic_buffer(mod, *SHAPES[env], args.transitions, device)
-                for threads in (args.threads if device.type == "cpu" else [torch.get_num_threads()]):
+                for mode, threads in itertools.product(
+                        args.modes, args.threads if device.type == "cpu" else [torch.get_num_threads()]):
                     torch.set_num_threads(threads)
                     torch.manual_seed(0)
+                    torch._dynamo.reset()
+                    torch._dynamo.config.compiled_autograd = mode == "compiled-autograd"
                     cfg = mod.TrainConfig(dataset_id="synthetic", device=dev_name)
-                    agent, update = make_update(algo, mod, *SHAPES[env], cfg, device, args.compile)
+                    agent, update = make_update(algo, mod, *SHAPES[env], cfg, device, mode != "eager")
                     time_updates(update, buffer, cfg.batch_size, args.warmup, device)
                     rates = [time_updates(update, buffer, cfg.batch_size, args.steps, device)
                              for _ in range(args.reps)]
-                    row = {"algo": algo, "env": env, "device": dev_name, "threads": threads, "compiled": args.compile,
+                    row = {"algo": algo, "env": env, "device": dev_name, "threads": threads, "mode": mode,
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
                            time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes),
-                           "matmul_share": profiled_share(
+                           **profiled_matmuls(
                                args, device, lambda n: time_updates(update, buffer, cfg.batch_size, n, device))}
                     rows.append(row)
-                    print(f"{algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
+                    print(f"{algo:8s} {env:11s} {dev_name:4s} {mode} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
                           + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else "")
-                          + (f", matmul share {row['matmul_share']:.0%}" if row["matmul_share"] else ""))
-    meta = run_meta(args, load_before, eval_episodes=args.eval_episodes, compiled=args.compile)
+                          + (f", matmul share {row['matmul_share']:.0%} at {row['matmul_gflops']:.0f} GFLOP/s"
+                             if row["matmul_share"] else ""))
+    torch._dynamo.config.compiled_autograd = False
+    meta = run_meta(args, load_before, eval_episodes=args.eval_episodes, modes=args.modes)
     header = ("Evaluation: seconds of one `evaluate` call on "
               f"{args.eval_episodes} full-length (1000-step) episodes stepped together in a gymnasium vector env."
               if args.eval_episodes else "Evaluation not timed (`--eval-episodes 0`).")
-    columns = [("hours per 1M updates", lambda r: f"{1e6 / r['median'] / 3600:.1f}"),
+    columns = [("step", lambda r: r["mode"]), ("hours per 1M updates", lambda r: f"{1e6 / r['median'] / 3600:.1f}"),
                ("evaluation (s)", lambda r: "–" if r["eval_s"] is None else f"{r['eval_s']:.1f}")]
-    if args.profile:
-        header += " " + PROFILE_NOTE
+    if args.profile and "cpu" in args.devices:
+        meta["gemm_gflops"], gemm = gemm_note(args.threads)
+        header += " " + PROFILE_NOTE + " " + gemm
         columns += PROFILE_COLUMNS
-    write_report(args, meta, rows, ("compiled " if args.compile else "") + "update", header, columns)
+    write_report(args, meta, rows, "update", header, columns)
 
 
 def run_meta(args, load_before: float, **extra) -> dict:
