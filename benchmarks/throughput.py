@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -112,24 +113,14 @@ def profiled_matmuls(args, device: torch.device, run_updates) -> dict:
 def gemm_gflops(threads: int, n: int = 256, reps: int = 300) -> dict:
     """GFLOP/s of a bare (n x n) @ (n x n) float32 product on ``threads`` CPU threads, through torch
     (its BLAS: MKL in the PyPI wheels) and through numpy (OpenBLAS), median of 5 timings of ``reps``
-    products: the rate a matmul of the networks' width reaches on this machine."""
+    products (the first is the warm-up): the rate a matmul of the networks' width reaches here."""
     from threadpoolctl import threadpool_limits
     a, b = np.random.default_rng(0).standard_normal((2, n, n), dtype=np.float32)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     torch.set_num_threads(threads)
-    rates = {}
     with threadpool_limits(threads):
-        for name, mm in (("torch", lambda: ta @ tb), ("numpy", lambda: a @ b)):
-            for _ in range(20):
-                mm()
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    mm()
-                times.append((time.perf_counter() - t0) / reps)
-            rates[name] = 2 * n ** 3 / statistics.median(times) / 1e9
-    return rates
+        return {name: 2 * n ** 3 * reps / statistics.median(timeit.repeat(mm, number=reps, repeat=5)) / 1e9
+                for name, mm in (("torch", lambda: ta @ tb), ("numpy", lambda: a @ b))}
 
 
 def gemm_note(threads_list) -> tuple:
@@ -188,8 +179,8 @@ def main() -> None:
                    help="step modes to time: eager, compile (torch_compile: true), compiled-autograd (compile + "
                         "the backward traced by torch._dynamo's compiled autograd, not offered by the files)")
     p.add_argument("--eval-episodes", type=int, default=10, help="episodes of the timed evaluation (0: none)")
-    p.add_argument("--profile", action="store_true", help="add the matmul share of the step, the rate of its matmuls, the ceiling they set and "
-                        "a bare-GEMM reference rate (CPU)")
+    p.add_argument("--profile", action="store_true", help="add the matmul share of the step, the rate of its "
+                   "matmuls, the ceiling they set and a bare-GEMM reference rate (CPU)")
     p.add_argument("--out", default=str(ROOT / "results" / "throughput"))
     args = p.parse_args()
     load_before = os.getloadavg()[0]
@@ -225,7 +216,6 @@ def main() -> None:
                           + (f", evaluation {row['eval_s']:.1f} s" if row["eval_s"] else "")
                           + (f", matmul share {row['matmul_share']:.0%} at {row['matmul_gflops']:.0f} GFLOP/s"
                              if row["matmul_share"] else ""))
-    torch._dynamo.config.compiled_autograd = False
     meta = run_meta(args, load_before, eval_episodes=args.eval_episodes, modes=args.modes)
     header = ("Evaluation: seconds of one `evaluate` call on "
               f"{args.eval_episodes} full-length (1000-step) episodes stepped together in a gymnasium vector env."
