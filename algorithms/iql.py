@@ -1,19 +1,23 @@
 """IQL: implicit Q-learning, in one file.
 
 Paper: Kostrikov, Nair, Levine. "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022.
-Defaults follow the official JAX code (ikostrikov/implicit_q_learning); see
-shared/reference/algorithms.md sec. 2. With qhat = min_i Qbar_i(s, a) from the target critics:
+Defaults follow the official JAX code (github.com/ikostrikov/implicit_q_learning: learner.py,
+critic.py, actor.py, policy.py, common.py, train_offline.py, configs/mujoco_config.py). With
+qhat = min_i Qbar_i(s, a) from the target critics:
   V:     L_V = mean_B[|expectile - 1(qhat - V(s) < 0)| * (qhat - V(s))^2]        (paper eq. 5)
   actor: L_pi = -mean_B[min(exp(beta * (qhat - V(s))), weight_max) * log pi(a|s)] (paper eq. 7)
   Q:     y = r + discount * (1 - done) * V(s'); L_Q = sum_i mean_B (Q_i(s, a) - y)^2 (paper eq. 6)
   order V -> actor -> Q (each using the V just updated), then Polyak(tau) on the target critics.
-Networks: 2x256 ReLU MLPs, orthogonal init (gain sqrt 2, zero bias); twin Q as one batched
-ensemble; actor: Gaussian on tanh(mean) (not a squashed distribution) with a state-independent
-log-std (init 0) clipped to [-5, 2]. Adam 3e-4; the actor's learning rate decays to 0 on a cosine
-over max_timesteps. expectile 0.7, beta 3.0, weight cap 100, tau 0.005, batch 256, discount 0.99.
-Data: dataset actions clipped to +-(1 - 1e-5); rewards scaled by 1000 / (R_max - R_min) over the
-dataset's trajectories (a new one starts after a terminal or where s'[i] != s[i+1], partial ones
-counted), no state normalisation. Evaluation: tanh(mean), clipped.
+Networks: 2x256 ReLU MLPs, every layer (output layers included) with an orthogonal kernel of gain
+sqrt 2 and a zero bias (common.default_init); twin Q as one batched ensemble; actor: Gaussian on
+tanh(mean) (not a squashed distribution) with a state-independent log-std (init 0) clipped to
+[-5, 2]. Adam 3e-4; the actor's learning rate decays to 0 on a cosine over all the run's updates
+(optax.cosine_decay_schedule; extending a run with --resume --max_timesteps recomputes it over the
+new total). expectile 0.7, beta 3.0, weight cap 100, tau 0.005, batch 256, discount 0.99.
+Data: dataset actions clipped to +-(1 - 1e-5) (done in the update, so online actions are too);
+rewards scaled by 1000 / (R_max - R_min) over the dataset's trajectories (a new one starts after
+a terminal or where s'[i] != s[i+1], partial ones counted), no state normalisation. Evaluation:
+tanh(mean), clipped.
 CORL's offline/iql.py differs in six ways, each a config field here (defaults = official):
   1. normalize: true (official false)   2. normalize_reward: false in most configs (official true)
   3. log_std_min -20 (official -5)      4. update_order "corl": V -> Q -> actor, with V(s') and the
@@ -22,23 +26,29 @@ CORL's offline/iql.py differs in six ways, each a config field here (defaults = 
      weighted MSE), normalize_reward true, tau 0.001; hopper-medium-expert beta 6, expectile 0.5
   6. orthogonal_init false (PyTorch default init). (CORL sums the Normal log-prob over action
      dims, which equals the official diagonal Gaussian: no difference.)
+Online fine-tuning (online_steps > 0, official train_finetune.py): the same update on the growing
+buffer, one update per environment step, exploring by sampling pi (temperature 1) clipped to
+[-1, 1]; its config (configs/antmaze_finetune_config.py) keeps the actor's learning rate constant
+(actor_lr_schedule: constant).
 
-Data: a Minari dataset (``dataset_id``, or a dataset folder in ``dataset_path``) or a D4RL -v2
-HDF5 file (``dataset_path``), read with h5py the way ``d4rl.qlearning_dataset`` reads it.
 Usage: python algorithms/iql.py --config configs/iql/local/hopper/medium.yaml [--field value ...]
        python algorithms/iql.py --resume runs/<run name> [--max_timesteps N]
+       python algorithms/iql.py --evaluate runs/<run name> [--n_episodes N] [--save_video true]
 """
 
 import copy
+import hashlib
 import json
 import math
 import os
+import platform
 import random
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import gymnasium as gym
 import h5py
@@ -50,18 +60,11 @@ import wandb
 import yaml
 from tqdm import tqdm
 
+ALGORITHM = "iql"
+
 
 @dataclass
 class TrainConfig:
-    # data: exactly one of dataset_id / dataset_path
-    dataset_id: Optional[str] = None  # Minari id, e.g. mujoco/hopper/medium-v0
-    dataset_path: Optional[str] = None  # Minari dataset folder or D4RL -v2 .hdf5 file
-    download: bool = False  # let Minari download dataset_id when it is not local
-    env: Optional[str] = None  # evaluation env id; default: the dataset's (D4RL files: the -v4 env)
-    ref_min_score: Optional[float] = None  # override the dataset's random-policy return
-    ref_max_score: Optional[float] = None  # override the dataset's expert return
-    normalize: bool = False  # normalise states with dataset mean/std (+1e-3); official IQL: off
-    normalize_reward: bool = True  # scale rewards by 1000 / (R_max - R_min) (official IQL)
     # IQL (official defaults)
     expectile: float = 0.7  # tau of the expectile regression for V
     beta: float = 3.0  # inverse temperature of the advantage weights
@@ -70,158 +73,61 @@ class TrainConfig:
     log_std_min: float = -5.0
     log_std_max: float = 2.0
     update_order: str = "official"  # official: V -> actor -> Q | corl: V -> Q -> actor, pre-update V
-    orthogonal_init: bool = True  # official: orthogonal (gain sqrt 2) kernels, zero bias
-    # networks and optimisation
+    orthogonal_init: bool = True  # official: orthogonal (gain sqrt 2) kernels, zero bias, every layer
     hidden_dim: int = 256
     n_hidden: int = 2  # hidden layers in every network
-    actor_lr: float = 3e-4  # decays to 0 on a cosine over max_timesteps
+    actor_lr: float = 3e-4
+    actor_lr_schedule: str = "cosine"  # cosine: decay to 0 over the run (official offline) | constant (fine-tuning)
     critic_lr: float = 3e-4  # Q and V
-    batch_size: int = 256
     discount: float = 0.99
     tau: float = 0.005  # Polyak rate of the target critics
-    max_timesteps: int = 1_000_000  # gradient steps
-    # evaluation and run
-    eval_freq: int = 5000
-    n_episodes: int = 10
+    normalize: bool = False  # normalise states with the offline data's mean/std (+1e-3); official: off
+    normalize_reward: bool = True  # scale rewards by 1000 / (R_max - R_min) (official IQL)
+    # ---- data, evaluation and run: the same fields in every algorithm file
+    dataset_id: Optional[str] = None  # Minari id, e.g. mujoco/hopper/medium-v0
+    dataset_path: Optional[str] = None  # Minari dataset folder or D4RL .hdf5 file
+    download: bool = False  # let Minari download dataset_id when it is not local
+    env: Optional[str] = None  # evaluation env id; default: the dataset's (D4RL files: see D4RL_ENVS)
+    ref_min_score: Optional[float] = None  # override the dataset's random-policy return
+    ref_max_score: Optional[float] = None  # override the dataset's expert return
+    batch_size: int = 256
+    max_timesteps: int = 1_000_000  # offline gradient steps (after any pre-training phase)
+    online_steps: int = 0  # online fine-tuning: env steps after the offline ones, one update each
+    buffer_size: Optional[int] = None  # replay capacity; None = dataset size + online_steps
+    eval_freq: int = 5000  # evaluate, log and checkpoint every eval_freq updates
+    n_episodes: Optional[int] = None  # evaluation episodes; None = 100 for goal-reaching tasks, else 10
+    save_video: bool = False  # record one evaluation episode per evaluation as MP4 (run dir + wandb)
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     torch_compile: bool = False  # torch.compile the update (slower on a 2-core CPU, see README)
     torch_threads: Optional[int] = None  # torch CPU threads; None = torch's default
     output_dir: str = "runs"
-    name: Optional[str] = None  # run name; default iql-<dataset>-seed<seed>-<time>
+    name: Optional[str] = None  # run name; default <algorithm>-<dataset>-seed<seed>-<time>
     resume: Optional[str] = None  # run directory to continue (its config.yaml is the base config)
+    evaluate: Optional[str] = None  # run directory whose checkpoint to evaluate, without training
     progress_bar: bool = True
     wandb_mode: Optional[str] = None  # online | offline | disabled; None = $WANDB_MODE or offline
     wandb_project: str = "offline-rl"
 
 
-class InputError(ValueError):
-    """Bad config or data, reported before any training starts."""
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Raise InputError naming the field and the fix for values that cannot work."""
-    if (cfg.dataset_id is None) == (cfg.dataset_path is None):
-        raise InputError("give exactly one of dataset_id (a Minari id) and dataset_path (a Minari "
-                         f"folder or D4RL .hdf5); got dataset_id={cfg.dataset_id!r}, "
-                         f"dataset_path={cfg.dataset_path!r}")
-    for name in ("batch_size", "max_timesteps", "eval_freq", "n_episodes", "hidden_dim", "n_hidden"):
+def check_config(cfg: TrainConfig) -> None:
+    """Raise InputError (defined with the plumbing below) for IQL fields that cannot work."""
+    for name in ("hidden_dim", "n_hidden"):
         if getattr(cfg, name) <= 0:
             raise InputError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
     if not 0 < cfg.tau <= 1 or not 0 <= cfg.discount <= 1:
         raise InputError(f"tau must be in (0, 1] and discount in [0, 1]; got {cfg.tau}, {cfg.discount}")
     if not 0 < cfg.expectile < 1:
         raise InputError(f"expectile must be in (0, 1), got {cfg.expectile}")
-    if cfg.actor_type not in ("gaussian", "deterministic"):
-        raise InputError(f"actor_type must be gaussian or deterministic, got {cfg.actor_type!r}")
-    if cfg.update_order not in ("official", "corl"):
-        raise InputError(f"update_order must be official or corl, got {cfg.update_order!r}")
+    for name, allowed in (("actor_type", ("gaussian", "deterministic")), ("update_order", ("official", "corl")),
+                          ("actor_lr_schedule", ("cosine", "constant"))):
+        if getattr(cfg, name) not in allowed:
+            raise InputError(f"{name} must be {' or '.join(allowed)}, got {getattr(cfg, name)!r}")
     if cfg.log_std_min >= cfg.log_std_max:
         raise InputError(f"log_std_min ({cfg.log_std_min}) must be below log_std_max ({cfg.log_std_max})")
-    if cfg.wandb_mode not in (None, "online", "offline", "disabled"):
-        raise InputError(f"wandb_mode must be online, offline or disabled, got {cfg.wandb_mode!r}")
-    if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda")):
-        raise InputError(f"device must be auto, cpu or cuda[:i], got {cfg.device!r}")
 
 
-# ----------------------------------------------------------------------------------------- data
-# D4RL reference returns (d4rl/infos.py) and the Gymnasium env that replays each robot.
-D4RL_ENVS = {"halfcheetah": ("HalfCheetah-v4", -280.178953, 12135.0),
-             "hopper": ("Hopper-v4", -20.272305, 3234.3),
-             "walker2d": ("Walker2d-v4", 1.629008, 4592.3)}
-
-
-@dataclass
-class Dataset:
-    """Flat transitions (numpy, float32; N rows) plus what evaluation needs."""
-    states: np.ndarray  # (N, obs_dim)
-    actions: np.ndarray  # (N, act_dim)
-    rewards: np.ndarray  # (N,)
-    next_states: np.ndarray  # (N, obs_dim)
-    dones: np.ndarray  # (N,) 1.0 only for true terminations
-    env_id: Optional[str]
-    ref_min: Optional[float]
-    ref_max: Optional[float]
-    name: str
-
-
-def minari_transitions(episodes) -> Tuple[np.ndarray, ...]:
-    """Episodes with observations (T+1, obs) and actions/rewards/terminations (T, .) -> transitions
-    s = obs[:-1], s' = obs[1:], done = termination (a truncation never stops bootstrapping)."""
-    cols = [[], [], [], [], []]
-    for ep in episodes:
-        obs = np.asarray(ep.observations, dtype=np.float32)
-        for col, x in zip(cols, (obs[:-1], ep.actions, ep.rewards, obs[1:], ep.terminations)):
-            col.append(np.asarray(x, dtype=np.float32))
-    return tuple(np.concatenate(c) for c in cols)
-
-
-def d4rl_transitions(path: Path) -> Tuple[np.ndarray, ...]:
-    """A D4RL -v2 HDF5 file -> transitions as ``d4rl.qlearning_dataset`` makes them: pairs
-    (obs[i], obs[i+1]) for i < N-1, dropping every i with ``timeouts[i]`` (the episode's last
-    step), done = ``terminals[i]``. Raises InputError when a D4RL key is missing."""
-    with h5py.File(path, "r") as f:
-        missing = {"observations", "actions", "rewards", "terminals", "timeouts"} - set(f.keys())
-        if missing:
-            raise InputError(f"dataset_path {path} lacks D4RL keys {sorted(missing)} (a -v2 file has them)")
-        obs, act, rew, term, timeout = (f[k][()] for k in
-                                        ("observations", "actions", "rewards", "terminals", "timeouts"))
-    keep = ~timeout[:-1].astype(bool)
-    return tuple(x.astype(np.float32) for x in
-                 (obs[:-1][keep], act[:-1][keep], rew[:-1][keep], obs[1:][keep], term[:-1][keep]))
-
-
-def load_minari(cfg: TrainConfig):
-    """Open a Minari dataset from ``dataset_id`` (local, or downloaded when ``download``) or from a
-    dataset folder in ``dataset_path``. Raises InputError saying how to get missing data."""
-    import minari
-    if cfg.dataset_path is not None:
-        folder = Path(cfg.dataset_path).expanduser()
-        folder = folder / "data" if (folder / "data").is_dir() else folder
-        if not (folder / "metadata.json").exists():
-            raise InputError(f"dataset_path {cfg.dataset_path} is neither a Minari dataset folder "
-                             "(<id>/data/metadata.json) nor a D4RL .hdf5 file")
-        return minari.MinariDataset(folder)
-    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
-    try:
-        return minari.load_dataset(cfg.dataset_id, download=cfg.download)
-    except FileNotFoundError:
-        raise InputError(
-            f"dataset_id {cfg.dataset_id!r} is not under {root}. Set download: true on a machine "
-            f"with network, or run `minari download {cfg.dataset_id}` elsewhere and copy the "
-            f"folder to {root}/{cfg.dataset_id}; or point dataset_path at a dataset folder "
-            "(tools/make_dataset.py makes them).") from None
-    except (ImportError, OSError) as e:  # no huggingface_hub, or no network (ConnectionError)
-        raise InputError(
-            f"download of dataset_id {cfg.dataset_id!r} failed ({type(e).__name__}: {e}). Without "
-            f"network: run `minari download {cfg.dataset_id}` on a machine that has it (needs "
-            f"`pip install 'minari[hf]'`) and copy the folder to {root}/{cfg.dataset_id}.") from None
-
-
-def load_dataset(cfg: TrainConfig) -> Dataset:
-    """Read transitions, the evaluation env id and the reference returns named by ``cfg``."""
-    path = Path(cfg.dataset_path).expanduser() if cfg.dataset_path is not None else None
-    if path is not None and not path.exists():
-        raise InputError(f"dataset_path {path} does not exist. Shipped Minari data lives in "
-                         "datasets/local/hopper/<level>-v0; D4RL -v2 files are <name>.hdf5 from "
-                         "the D4RL download links (default folder ~/.d4rl/datasets).")
-    if path is not None and path.suffix in (".hdf5", ".h5"):
-        robot = path.name.split("-")[0].lower()
-        env_id, ref_min, ref_max = D4RL_ENVS.get(robot, (None, None, None))
-        if cfg.env is None and env_id is None:
-            raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
-                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5); set env, ref_min_score, ref_max_score")
-        return Dataset(*d4rl_transitions(path), env_id, ref_min, ref_max, path.stem)
-    ds = load_minari(cfg)
-    meta = ds.storage.metadata
-    env_spec = meta.get("eval_env_spec") or meta.get("env_spec")
-    env_id = json.loads(env_spec)["id"] if isinstance(env_spec, str) else None
-    name = meta.get("dataset_id", str(path)).replace("/", "-")
-    return Dataset(*minari_transitions(ds.iterate_episodes()), env_id,
-                   meta.get("ref_min_score"), meta.get("ref_max_score"), name)
-
-
-def return_range(data: Dataset) -> Tuple[float, float]:
+def return_range(data: "Dataset") -> Tuple[float, float]:
     """(min, max) undiscounted trajectory return, the official IQL split: a trajectory ends after a
     terminal or where next_states[i] != states[i + 1]; partial trajectories are counted."""
     ends = data.dones.astype(bool)
@@ -231,29 +137,13 @@ def return_range(data: Dataset) -> Tuple[float, float]:
     return float(returns.min()), float(returns.max())
 
 
-class ReplayBuffer:
-    """The dataset as tensors on the training device; ``sample`` draws a uniform batch there.
-    Actions are clipped to +-(1 - 1e-5) (official IQL); rewards optionally scaled by
-    1000 / (R_max - R_min) (``return_range``)."""
-
-    def __init__(self, data: Dataset, normalize: bool, device: torch.device, normalize_reward: bool = False):
-        self.mean = data.states.mean(0) if normalize else np.zeros(data.states.shape[1], np.float32)
-        self.std = data.states.std(0) + 1e-3 if normalize else np.ones(data.states.shape[1], np.float32)
-        to = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
-        self.states = to((data.states - self.mean) / self.std)
-        self.next_states = to((data.next_states - self.mean) / self.std)
-        self.reward_scale = 1.0
-        if normalize_reward:
-            r_min, r_max = return_range(data)
-            self.reward_scale = 1000.0 / max(r_max - r_min, 1e-6)
-        self.actions = to(np.clip(data.actions, -1 + 1e-5, 1 - 1e-5))
-        self.rewards, self.dones = to(data.rewards * self.reward_scale), to(data.dones)
-
-    def sample(self, batch_size: int) -> Tuple[torch.Tensor, ...]:
-        """Returns (s (B, obs), a (B, act), r (B,), s' (B, obs), done (B,))."""
-        idx = torch.randint(len(self.rewards), (batch_size,), device=self.rewards.device)
-        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
-                self.dones[idx])
+def reward_transform(cfg: TrainConfig, data: "Dataset") -> Tuple[float, float]:
+    """(scale, shift) applied to every reward, offline and online: 1000 / (R_max - R_min) with
+    ``normalize_reward`` (official train_offline.normalize), else raw."""
+    if not cfg.normalize_reward:
+        return 1.0, 0.0
+    r_min, r_max = return_range(data)
+    return 1000.0 / max(r_max - r_min, 1e-6), 0.0
 
 
 # ------------------------------------------------------------------------------------- networks
@@ -283,30 +173,39 @@ class Actor(nn.Module):
         self.deterministic = cfg.actor_type == "deterministic"
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        """s (..., obs) -> the evaluation action tanh(mu(s)) (..., act)."""
+        """s (..., obs) normalised -> the evaluation action tanh(mu(s)) (..., act)."""
         return torch.tanh(self.mu(s))
+
+    def dist(self, s: torch.Tensor) -> torch.distributions.Normal:
+        """N(tanh(mu(s)), sigma^2), unvalidated: a diverged actor's non-finite mean or std reaches
+        the losses, where the run loop names it, instead of raising inside torch.distributions."""
+        return torch.distributions.Normal(self(s), self.log_std.clamp(*self.log_std_bounds).exp(),
+                                          validate_args=False)
 
     def bc_term(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Per-sample imitation loss (B,): -log pi(a|s) (gaussian) or sum_dims (pi(s) - a)^2."""
-        mean = self(s)
         if self.deterministic:
-            return ((mean - a) ** 2).sum(-1)
-        std = self.log_std.clamp(*self.log_std_bounds).exp()
-        return -torch.distributions.Normal(mean, std).log_prob(a).sum(-1)
+            return ((self(s) - a) ** 2).sum(-1)
+        return -self.dist(s).log_prob(a).sum(-1)
 
 
 class VectorizedLinear(nn.Module):
     """``n`` independent Linear layers applied as one batched matmul: (n, B, in) -> (n, B, out).
-    Each member is initialised like ``nn.Linear``."""
+    Each member is initialised like ``nn.Linear``, or with ``orthogonal`` like the official IQL
+    (orthogonal kernel of gain sqrt 2, zero bias)."""
 
-    def __init__(self, in_dim: int, out_dim: int, n: int):
+    def __init__(self, in_dim: int, out_dim: int, n: int, orthogonal: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
         bound = 1 / math.sqrt(in_dim)
         for i in range(n):  # kaiming_uniform(a=sqrt(5)) on a (out, in) matrix = U(-bound, bound)
-            nn.init.uniform_(self.weight[i], -bound, bound)
-            nn.init.uniform_(self.bias[i], -bound, bound)
+            if orthogonal:  # on the (out, in) kernel, as nn.init.orthogonal_ on nn.Linear's weight
+                nn.init.orthogonal_(self.weight.data[i].T, math.sqrt(2))
+                nn.init.zeros_(self.bias[i])
+            else:
+                nn.init.uniform_(self.weight[i], -bound, bound)
+                nn.init.uniform_(self.bias[i], -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -320,8 +219,8 @@ class TwinQ(nn.Module):
         dims = [obs_dim + act_dim] + [cfg.hidden_dim] * cfg.n_hidden
         layers = []
         for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [VectorizedLinear(d_in, d_out, n), nn.ReLU()]
-        self.net = nn.Sequential(*layers, VectorizedLinear(dims[-1], 1, n))
+            layers += [VectorizedLinear(d_in, d_out, n, cfg.orthogonal_init), nn.ReLU()]
+        self.net = nn.Sequential(*layers, VectorizedLinear(dims[-1], 1, n, cfg.orthogonal_init))
         self.n = n
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -349,24 +248,31 @@ def awr_actor_loss(bc_term: torch.Tensor, adv: torch.Tensor, beta: float, weight
     return (weights * bc_term).mean()
 
 
-class IQL:
-    """Networks, target critics, optimisers (actor with its cosine schedule) and one IQL step."""
+class Agent:
+    """IQL: actor, twin critics and their target, V, the optimisers (the actor's with its cosine
+    schedule) and one IQL step (``update``)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig, device: torch.device):
-        self.cfg = cfg
+    def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig, normalizer: "Normalizer",
+                 device: torch.device):
+        self.cfg, self.normalizer = cfg, normalizer.to(device)
         self.actor = Actor(obs_dim, act_dim, cfg).to(device)
         self.critic = TwinQ(obs_dim, act_dim, cfg).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = mlp(obs_dim, 1, cfg.hidden_dim, cfg.n_hidden, cfg.orthogonal_init).to(device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, fused=True)
-        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, cfg.max_timesteps)
+        # lr factor at update k: (1 + cos(pi * k / T)) / 2 over T = all updates of the run, read when
+        # called, so a resumed run with a larger budget follows the cosine of its new total
+        cosine = lambda k: 0.5 * (1 + math.cos(math.pi * min(k / (cfg.max_timesteps + cfg.online_steps), 1)))  # noqa: E731
+        self.actor_sched = torch.optim.lr_scheduler.LambdaLR(
+            self.actor_opt, cosine if cfg.actor_lr_schedule == "cosine" else lambda k: 1.0)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.critic_lr, fused=True)
 
-    def update(self, s, a, r, s_next, done) -> Dict[str, torch.Tensor]:
-        """One IQL step on a batch (shapes as ``ReplayBuffer.sample``); order per ``update_order``.
-        Returns detached losses (no host sync)."""
+    def update(self, s, a, r, s_next, done, step: int) -> Dict[str, torch.Tensor]:
+        """One IQL step on a batch (shapes as ``ReplayBuffer.sample``; ``step`` unused); order per
+        ``update_order``. Returns detached losses (no host sync)."""
         cfg = self.cfg
+        a = a.clamp(-1 + 1e-5, 1 - 1e-5)  # official D4RLDataset(clip_to_eps=True)
         with torch.no_grad():
             q_hat = self.critic_target(s, a).min(0).values
             v_next_before = self.value(s_next)[..., 0] if cfg.update_order == "corl" else None
@@ -408,182 +314,696 @@ class IQL:
         self.actor_sched.step()
         return loss_pi.detach()
 
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Evaluation policy: raw observations (n, obs) -> tanh(mu(s)) clipped to [-1, 1] (n, act)."""
+        return self.actor(self.normalizer(obs)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """Online exploration (official sample_actions, temperature 1): a ~ pi(.|s) clipped to [-1, 1]."""
+        return self.actor.dist(self.normalizer(obs)).rsample().clamp(-1, 1)
+
     def state_dict(self) -> dict:
-        return {k: getattr(self, k).state_dict() for k in ("actor", "critic", "critic_target", "value",
-                                                           "actor_opt", "actor_sched", "critic_opt", "value_opt")}
+        return {k: getattr(self, k).state_dict() for k in ("normalizer", "actor", "critic", "critic_target", "value",
+                                                          "actor_opt", "actor_sched", "critic_opt", "value_opt")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             getattr(self, k).load_state_dict(v)
 
 
+# ==============================================================================================
+# SHARED PLUMBING: data, replay buffer, evaluation, checkpoints, the run loop and the CLI.
+# Everything below this banner is the same, line for line, in every file of algorithms/
+# (tests/test_plumbing.py fails when a copy drifts; `python tools/plumbing.py --write` copies
+# this file's block into the others). The algorithm above plugs in through ALGORITHM,
+# TrainConfig, check_config(cfg), reward_transform(cfg, data) and Agent, which has
+#   update(s, a, r, s_next, done, step) -> losses  act(obs) -> action  state_dict/load_state_dict
+# and where the algorithm has them: pretrain_steps, pretrain_update(s, a, r, s_next, done) and
+# end_pretraining(run_dir) (a phase before the offline updates: SPOT's VAE, POR's behaviour
+# guide), explore(obs) -> action (online fine-tuning), stop_reason() -> message (an extra stop).
+# ==============================================================================================
+class InputError(ValueError):
+    """Bad config or data, reported before any training starts."""
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise InputError naming the field and the fix for values that cannot work."""
+    if cfg.evaluate is None and (cfg.dataset_id is None) == (cfg.dataset_path is None):
+        raise InputError("give exactly one of dataset_id (a Minari id) and dataset_path (a Minari "
+                         f"folder or D4RL .hdf5); got dataset_id={cfg.dataset_id!r}, "
+                         f"dataset_path={cfg.dataset_path!r}")
+    for name in ("batch_size", "max_timesteps", "eval_freq"):
+        if getattr(cfg, name) <= 0:
+            raise InputError(f"{name} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.online_steps < 0 or (cfg.n_episodes is not None and cfg.n_episodes <= 0):
+        raise InputError(f"online_steps must be >= 0 and n_episodes positive or null; got "
+                         f"{cfg.online_steps}, {cfg.n_episodes}")
+    if cfg.wandb_mode not in (None, "online", "offline", "disabled"):
+        raise InputError(f"wandb_mode must be online, offline or disabled, got {cfg.wandb_mode!r}")
+    if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda")):
+        raise InputError(f"device must be auto, cpu or cuda[:i], got {cfg.device!r}")
+    check_config(cfg)
+
+
+# ----------------------------------------------------------------------------------------- data
+# D4RL locomotion files by robot: the Gymnasium env that replays them and D4RL's reference
+# returns (d4rl/infos.py; the same for every level and dataset version).
+D4RL_ENVS = {"halfcheetah": ("HalfCheetah-v4", -280.178953, 12135.0),
+             "hopper": ("Hopper-v4", -20.272305, 3234.3),
+             "walker2d": ("Walker2d-v4", 1.629008, 4592.3)}
+
+
+@dataclass
+class Dataset:
+    """Flat transitions (float32 numpy, N rows) and what evaluation needs."""
+    states: np.ndarray  # (N, obs_dim); Dict observations flattened by flatten_observations
+    actions: np.ndarray  # (N, act_dim)
+    rewards: np.ndarray  # (N,)
+    next_states: np.ndarray  # (N, obs_dim)
+    dones: np.ndarray  # (N,) 1.0 only for true terminations
+    episode_returns: np.ndarray  # (E,) undiscounted return of each episode of the data
+    env_spec: Optional[gym.envs.registration.EnvSpec]  # the evaluation env
+    ref_min: Optional[float]
+    ref_max: Optional[float]
+    name: str
+    files: List[Path]  # the files read (their checksums go into run_info.json)
+    goal_reaching: bool = False  # a maze task: Dict observations with a desired_goal, scored by success
+
+
+def flatten_observations(obs, space: gym.Space) -> np.ndarray:
+    """Observations (T, ...) -> float32 (T, d). A Dict observation (Minari's maze datasets) is the
+    concatenation of its keys in the order of the Dict space (alphabetical for Gymnasium's maze
+    envs: achieved_goal, desired_goal, observation), which is what gymnasium's FlattenObservation
+    gives the evaluation env. Raises InputError for other non-Box spaces."""
+    if isinstance(space, gym.spaces.Dict):
+        return np.concatenate([flatten_observations(obs[k], s) for k, s in space.spaces.items()], -1)
+    if not isinstance(space, gym.spaces.Box):
+        raise InputError(f"observation space {space} is not supported (Box or Dict of Box only)")
+    return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+
+
+def minari_transitions(episodes, space: gym.Space) -> Tuple[np.ndarray, ...]:
+    """Episodes with observations (T+1, obs) and actions/rewards/terminations (T, .) -> transitions
+    s = obs[:-1], s' = obs[1:], done = termination (a truncation never stops bootstrapping), and
+    each episode's return."""
+    cols, returns = [[], [], [], [], []], []
+    for ep in episodes:
+        obs = flatten_observations(ep.observations, space)
+        for col, x in zip(cols, (obs[:-1], ep.actions, ep.rewards, obs[1:], ep.terminations)):
+            col.append(np.asarray(x, dtype=np.float32))
+        returns.append(float(np.sum(ep.rewards)))
+    return (*(np.concatenate(c) for c in cols), np.array(returns))
+
+
+def read_hdf5(path: Path, keys) -> Dict[str, np.ndarray]:
+    """The named arrays of an HDF5 file. Raises InputError when it cannot be read or lacks a key."""
+    try:
+        with h5py.File(path, "r") as f:
+            missing = sorted(set(keys) - set(f.keys()))
+            if missing:
+                raise InputError(f"dataset_path {path} lacks D4RL keys {missing} (a -v2 file has them)")
+            return {k: f[k][()] for k in keys}
+    except OSError as e:
+        raise InputError(f"dataset_path {path} is not a readable HDF5 file ({e}); download it again "
+                         "(python tools/fetch_d4rl.py) or point dataset_path at another file") from None
+
+
+def d4rl_transitions(path: Path) -> Tuple[np.ndarray, ...]:
+    """A D4RL -v2 locomotion HDF5 file -> transitions as ``d4rl.qlearning_dataset`` makes them:
+    pairs (obs[i], obs[i+1]) for i < N-1, dropping every i with ``timeouts[i]`` (the episode's last
+    step), done = ``terminals[i]``; and the returns of the episodes (cut after terminals and
+    timeouts, the trailing unfinished one dropped)."""
+    d = read_hdf5(path, ("observations", "actions", "rewards", "terminals", "timeouts"))
+    obs, act, rew, term, timeout = (d[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts"))
+    keep = ~timeout[:-1].astype(bool)
+    ends = np.flatnonzero(term.astype(bool) | timeout.astype(bool))
+    returns = np.array([seg.sum() for seg in np.split(rew, ends + 1)[:len(ends)]])
+    return (*(x.astype(np.float32) for x in
+              (obs[:-1][keep], act[:-1][keep], rew[:-1][keep], obs[1:][keep], term[:-1][keep])), returns)
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether Minari's remote (the Hugging Face hub, $HF_ENDPOINT) answers within ``timeout`` s."""
+    import urllib.request
+    try:
+        urllib.request.urlopen(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=timeout)
+        return True
+    except Exception as e:  # an HTTP error status still means the hub is there
+        return hasattr(e, "code")
+
+
+def load_minari(cfg: TrainConfig):
+    """Open a Minari dataset from ``dataset_id`` (local, or downloaded when ``download``) or from a
+    dataset folder in ``dataset_path``. Raises InputError saying how to get missing data."""
+    import minari
+    if cfg.dataset_path is not None:
+        folder = Path(cfg.dataset_path).expanduser()
+        folder = folder / "data" if (folder / "data").is_dir() else folder
+        if not (folder / "metadata.json").exists():
+            raise InputError(f"dataset_path {cfg.dataset_path} is neither a Minari dataset folder "
+                             "(<id>/data/metadata.json) nor a D4RL .hdf5 file")
+        return minari.MinariDataset(folder)
+    root = os.environ.get("MINARI_DATASETS_PATH", "~/.minari/datasets")
+    offline = (f"run `minari download {cfg.dataset_id}` on a machine with network (needs `pip install "
+               f"'minari[hf]'`) and copy the folder to {root}/{cfg.dataset_id}")
+    try:
+        return minari.load_dataset(cfg.dataset_id, download=False)
+    except FileNotFoundError:
+        if not cfg.download:
+            raise InputError(f"dataset_id {cfg.dataset_id!r} is not under {root}. Set download: true on a "
+                             f"machine with network, or {offline}; or point dataset_path at a dataset "
+                             "folder (tools/make_dataset.py makes them).") from None
+    if not hub_reachable():
+        raise InputError(f"download of dataset_id {cfg.dataset_id!r} failed: no network (the Hugging Face "
+                         f"hub did not answer). Without network, {offline}.")
+    try:
+        return minari.load_dataset(cfg.dataset_id, download=True)
+    except Exception as e:  # no huggingface_hub, an unknown id, the connection dropping
+        raise InputError(f"download of dataset_id {cfg.dataset_id!r} failed ({type(e).__name__}: {e}). "
+                         f"Check the id (`minari list remote`), or {offline}.") from None
+
+
+def load_dataset(cfg: TrainConfig) -> Dataset:
+    """Read transitions, the evaluation env and the reference returns named by ``cfg``."""
+    path = Path(cfg.dataset_path).expanduser() if cfg.dataset_path is not None else None
+    if path is not None and not path.exists():
+        raise InputError(f"dataset_path {path} does not exist. Shipped Minari data lives in "
+                         "datasets/local/<env>/<level>-v0; D4RL -v2 files are <name>.hdf5 from "
+                         "python tools/fetch_d4rl.py (default folder ~/.d4rl/datasets).")
+    if path is not None and path.suffix in (".hdf5", ".h5"):
+        robot = path.name.split("-")[0].lower()
+        env_id, ref_min, ref_max = D4RL_ENVS.get(robot, (None, None, None))
+        if cfg.env is None and env_id is None:
+            raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
+                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5); set env, ref_min_score, ref_max_score")
+        spec = gym.spec(env_id) if env_id else None
+        return Dataset(*d4rl_transitions(path), spec, ref_min, ref_max, path.stem, [path])
+    ds = load_minari(cfg)
+    meta = ds.storage.metadata
+    name = meta.get("dataset_id", str(path)).replace("/", "-")
+    files = sorted(Path(ds.storage.data_path).glob("*"))
+    space = ds.observation_space
+    goal = isinstance(space, gym.spaces.Dict) and "desired_goal" in space.spaces
+    return Dataset(*minari_transitions(ds.iterate_episodes(), space), ds._eval_env_spec or ds.env_spec,
+                   meta.get("ref_min_score"), meta.get("ref_max_score"), name, files, goal)
+
+
+class Normalizer(nn.Module):
+    """s -> (s - mean) / std with the offline data's statistics (std + 1e-3), or the identity.
+    Part of the agent (and its checkpoint): a deployed policy needs it, the replay buffer does not."""
+
+    def __init__(self, obs_dim: int, states: Optional[np.ndarray] = None):
+        super().__init__()
+        mean, std = (states.mean(0), states.std(0) + 1e-3) if states is not None else (0.0, 1.0)
+        self.register_buffer("mean", torch.zeros(obs_dim) + torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.zeros(obs_dim) + torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.mean) / self.std
+
+
+class ReplayBuffer:
+    """Transitions as tensors on the training device: the offline dataset, then the online steps
+    (``add``). States are stored normalised and rewards as scale * r + shift (``reward_transform``),
+    both once on the way in; ``sample`` draws a uniform batch over everything stored."""
+
+    def __init__(self, data: Dataset, normalizer: Normalizer, reward_scale: float, reward_shift: float,
+                 capacity: int, device: torch.device):
+        self.normalizer, self.scale, self.shift, self.device = normalizer, reward_scale, reward_shift, device
+        self.n_offline = self.size = len(data.rewards)
+        empty = lambda *shape: torch.zeros((capacity, *shape), device=device)  # noqa: E731
+        self.states, self.next_states = empty(data.states.shape[1]), empty(data.states.shape[1])
+        self.actions, self.rewards, self.dones = empty(data.actions.shape[1]), empty(), empty()
+        self._write(slice(0, self.size), data.states, data.actions, data.rewards, data.next_states, data.dones)
+
+    @torch.no_grad()
+    def _write(self, rows: slice, s, a, r, s_next, done) -> None:
+        to = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=self.device)  # noqa: E731
+        self.states[rows], self.next_states[rows] = self.normalizer(to(s)), self.normalizer(to(s_next))
+        self.actions[rows], self.rewards[rows], self.dones[rows] = to(a), to(r) * self.scale + self.shift, to(done)
+
+    def add(self, s, a, r, s_next, done) -> None:
+        """Append transitions (numpy, raw env values; leading dim n) after the stored ones."""
+        n = len(r)
+        self._write(slice(self.size, self.size + n), s, a, r, s_next, done)
+        self.size += n
+
+    def sample(self, batch_size: int) -> Tuple[torch.Tensor, ...]:
+        """Returns (s (B, obs), a (B, act), r (B,), s' (B, obs), done (B,))."""
+        idx = torch.randint(self.size, (batch_size,), device=self.device)
+        return (self.states[idx], self.actions[idx], self.rewards[idx], self.next_states[idx],
+                self.dones[idx])
+
+
 # ----------------------------------------------------------------------------------- evaluation
+def make_env(spec: gym.envs.registration.EnvSpec, n: Optional[int] = None, **kwargs) -> gym.Env:
+    """The env of ``spec`` (a vector env of ``n`` sub-envs stepped together when ``n``), its
+    Dict observations flattened as ``flatten_observations`` flattens the data."""
+    flat = [gym.wrappers.FlattenObservation] if isinstance(gym.make(spec).observation_space, gym.spaces.Dict) else []
+    if n is None:
+        env = gym.make(spec, **kwargs)
+        return flat[0](env) if flat else env
+    return gym.make_vec(spec, num_envs=n, vectorization_mode="sync", wrappers=flat, **kwargs)
+
+
 @torch.no_grad()
-def evaluate(env: gym.vector.VectorEnv, actor: Actor, buffer: ReplayBuffer, seed: int,
-             device: torch.device) -> np.ndarray:
-    """Undiscounted returns (n_envs,) of tanh(mean) clipped to the action box, one episode per
-    sub-env of ``env``, all stepped together (one batched forward per step). Sub-env i resets
-    with seed ``seed + i``, so every evaluation sees the same start states; a finished sub-env
-    is auto-reset by the vector env and its later rewards are not counted."""
-    actor.eval()
-    mean, std = (torch.as_tensor(x, device=device) for x in (buffer.mean, buffer.std))
-    returns, running = np.zeros(env.num_envs), np.ones(env.num_envs, dtype=bool)
-    obs, _ = env.reset(seed=seed)  # sub-env i gets seed + i
+def evaluate(envs: gym.vector.VectorEnv, agent, seed: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """One episode of ``agent.act`` per sub-env of ``envs``, all stepped together (one batched
+    forward per step); sub-env i resets with seed ``seed + i``, so every evaluation sees the same
+    start states. Returns the undiscounted returns (n,) and whether each episode reached its goal
+    (n,) (the env's ``info["success"]`` at any step; all False for envs without one)."""
+    returns, success = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
+    running = np.ones(envs.num_envs, dtype=bool)
+    obs, _ = envs.reset(seed=seed)
     while running.any():
-        s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std
-        action = actor(s).clamp(-1, 1).cpu().numpy()
-        obs, reward, terminated, truncated, _ = env.step(action)
+        action = agent.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(action)
         returns += reward * running
-        running &= ~(terminated | truncated)
-    actor.train()
-    return returns
+        success |= np.asarray(info.get("success", False), dtype=bool) & running
+        running &= ~(terminated | truncated)  # a finished sub-env auto-resets; its later steps don't count
+    return returns, success
 
 
-def normalized_score(returns: np.ndarray, ref_min: float, ref_max: float) -> np.ndarray:
-    """D4RL normalised score, 0 = random policy, 100 = expert: 100 * (R - ref_min) / (ref_max - ref_min)."""
-    return 100 * (np.asarray(returns) - ref_min) / (ref_max - ref_min)
+def scores(returns: np.ndarray, success: np.ndarray, task: dict) -> Optional[np.ndarray]:
+    """Per-episode score: success x 100 for goal-reaching tasks, else the D4RL normalised score
+    100 * (R - ref_min) / (ref_max - ref_min) (0 = random, 100 = expert); None without references."""
+    if task["goal_reaching"]:
+        return 100.0 * success
+    if task["ref_min"] is None or task["ref_max"] is None:
+        return None
+    return 100 * (np.asarray(returns) - task["ref_min"]) / (task["ref_max"] - task["ref_min"])
 
 
-# ---------------------------------------------------------------------------------------- train
-def save_checkpoint(path: Path, agent: IQL, step: int, elapsed: float, buffer: ReplayBuffer) -> None:
-    """Everything a resumed run needs, written atomically (tmp file + rename)."""
-    state = {"agent": agent.state_dict(), "step": step, "elapsed_s": elapsed,
-             "obs_mean": buffer.mean, "obs_std": buffer.std,
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                     "python": random.getstate(),
+@torch.no_grad()
+def record_video(task: dict, agent, seed: int, path: Path, device: torch.device) -> Path:
+    """One episode of ``agent.act`` from the start ``evaluate``'s first sub-env sees, rendered
+    (every k-th frame, about 30 frames/s) to an MP4 at ``path``. Headless Linux renders with EGL."""
+    import imageio
+    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    env = make_env(gym.envs.registration.EnvSpec.from_json(task["env_spec"]), render_mode="rgb_array")
+    fps = env.metadata.get("render_fps", 30)
+    skip = max(1, round(fps / 30))
+    obs, _ = env.reset(seed=seed)
+    frames, done, t = [env.render()], False, 0
+    while not done:
+        action = agent.act(torch.as_tensor(obs[None], dtype=torch.float32, device=device))[0].cpu().numpy()
+        obs, _, terminated, truncated, _ = env.step(action)
+        done, t = terminated or truncated, t + 1
+        if t % skip == 0 or done:
+            frames.append(env.render())
+    env.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(path, frames, fps=fps / skip)
+    return path
+
+
+# ------------------------------------------------------------------------------ checkpoints, runs
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_info(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict:
+    """How a run was made: command line, git commit and local changes of this file's repository,
+    package versions, device, and the dataset files' sha256."""
+    import importlib.metadata as md
+    git = lambda *a: subprocess.run(["git", *a], cwd=Path(__file__).resolve().parent, capture_output=True,  # noqa: E731
+                                    text=True, timeout=10)
+    try:
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit = dirty = None
+    versions = {}
+    for package in ("torch", "numpy", "gymnasium", "mujoco", "minari", "gymnasium-robotics"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "versions": versions,
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                                     f" ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"),
+            "host": platform.node(), "dataset_sha256": {str(p): sha256(p) for p in data.files}}
+
+
+def save_checkpoint(path: Path, agent, progress: dict, task: dict, buffer: ReplayBuffer) -> None:
+    """Everything a resumed run needs, written atomically (tmp file + rename): the agent (with its
+    state normaliser), the progress counters, the task (env spec, references: what ``--evaluate``
+    needs), the RNG states; the online transitions are appended to online_buffer.hdf5 first."""
+    if buffer.size > buffer.n_offline:
+        save_online_buffer(path.with_name("online_buffer.hdf5"), buffer)
+    state = {"agent": agent.state_dict(), "progress": progress, "task": task,
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, agent: IQL) -> Tuple[int, float]:
+def save_online_buffer(path: Path, buffer: ReplayBuffer) -> None:
+    """Append the online transitions not yet in ``path``, as the buffer stores them (normalised
+    states, transformed rewards), so a resume copies them back unchanged."""
+    cols = {"states": buffer.states, "actions": buffer.actions, "rewards": buffer.rewards,
+            "next_states": buffer.next_states, "dones": buffer.dones}
+    with h5py.File(path, "a") as f:
+        have = f["rewards"].shape[0] if "rewards" in f else 0
+        rows = slice(buffer.n_offline + have, buffer.size)
+        for k, col in cols.items():
+            x = col[rows].cpu().numpy()
+            if k not in f:
+                f.create_dataset(k, data=x, maxshape=(None, *x.shape[1:]), chunks=True)
+            else:
+                f[k].resize(have + len(x), axis=0)
+                f[k][have:] = x
+
+
+def load_checkpoint(path: Path, agent, buffer: Optional[ReplayBuffer]) -> dict:
+    """Restore ``agent``, the RNGs and the online transitions into ``buffer``; returns the progress.
+    The optimisers' learning rates follow the config, so a resume can lower them (scheduled ones
+    keep their place in the schedule); unchanged, they are the checkpoint's to the bit."""
     state = torch.load(path, map_location="cpu", weights_only=False)
+    optimizers = {k: o for k, o in vars(agent).items() if isinstance(o, torch.optim.Optimizer)}
+    wanted = {k: [g.get("initial_lr", g["lr"]) for g in o.param_groups] for k, o in optimizers.items()}
     agent.load_state_dict(state["agent"])
+    for k, o in optimizers.items():
+        for g, lr in zip(o.param_groups, wanted[k]):
+            g["lr"], g["initial_lr"] = g["lr"] * (lr / g.get("initial_lr", g["lr"])), lr
+    for sched in (v for v in vars(agent).values() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)):
+        sched.base_lrs = [g["initial_lr"] for g in sched.optimizer.param_groups]
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state["step"], state["elapsed_s"]
+    n_online = state["progress"]["buffer_size"] - buffer.n_offline if buffer is not None else 0
+    if n_online:  # stored as the buffer holds them: copy the rows back unchanged
+        with h5py.File(path.with_name("online_buffer.hdf5"), "r") as f:
+            for k in ("states", "actions", "rewards", "next_states", "dones"):
+                getattr(buffer, k)[buffer.n_offline:buffer.n_offline + n_online] = torch.as_tensor(f[k][:n_online])
+        buffer.size = buffer.n_offline + n_online
+    return state["progress"]
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train IQL as ``cfg`` says; returns the run directory. Raises InputError on bad input
-    (before training) and FloatingPointError on a non-finite loss (last good checkpoint kept)."""
-    validate(cfg)
-    data = load_dataset(cfg)
-    env_id = cfg.env or data.env_id
-    if env_id is None:
+class OnlineEnv:
+    """The training env of online fine-tuning: ``step`` takes one ``agent.explore`` action and
+    appends the transition to the replay buffer. Episode k resets with seed ``seed + 10_000 + k``,
+    so a resumed run replays its unfinished episode from that seed and the episode's stored
+    actions and continues exactly where it stopped; when the replayed observations differ from
+    the stored ones (an env that is not deterministic), the resume starts a fresh episode."""
+
+    def __init__(self, spec, agent, buffer: ReplayBuffer, seed: int, device: torch.device):
+        self.env, self.agent, self.buffer, self.seed, self.device = make_env(spec), agent, buffer, seed, device
+        self.episode, self.start, self.ret = 0, buffer.size, 0.0
+        self.obs, _ = self.env.reset(seed=seed + 10_000)
+
+    def step(self) -> Optional[float]:
+        """One env step; returns the episode's return when it ended at this step."""
+        action = self.agent.explore(torch.as_tensor(self.obs[None], dtype=torch.float32, device=self.device))
+        action = action[0].cpu().numpy()
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.buffer.add(self.obs[None], action[None], [reward], obs[None], [float(terminated)])
+        self.obs, self.ret = obs, self.ret + float(reward)
+        if not (terminated or truncated):
+            return None
+        ret, self.episode, self.start, self.ret = self.ret, self.episode + 1, self.buffer.size, 0.0
+        self.obs, _ = self.env.reset(seed=self.seed + 10_000 + self.episode)
+        return ret
+
+    def state_dict(self) -> dict:
+        return {"episode": self.episode, "start": self.start, "return": self.ret}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Replay the unfinished episode; returns False when the env did not reproduce it."""
+        self.episode, self.start, self.ret = state["episode"], state["start"], state["return"]
+        self.obs, _ = self.env.reset(seed=self.seed + 10_000 + self.episode)
+        b = self.buffer
+        for i in range(self.start, b.size):
+            obs = self.env.step(b.actions[i].cpu().numpy())[0]
+            s_next = b.normalizer(torch.as_tensor(obs[None], dtype=torch.float32, device=self.device))[0]
+            if not torch.equal(s_next, b.next_states[i]):
+                self.episode, self.start, self.ret = self.episode + 1, b.size, 0.0
+                self.obs, _ = self.env.reset(seed=self.seed + 10_000 + self.episode)
+                return False
+            self.obs = obs
+        return True
+
+
+class LossLog:
+    """Running sums of the update's losses on the device (no host sync per step) and, per loss,
+    the first step at which it was not finite; ``read`` syncs once per log interval. Losses that
+    come together (one update's dict) are stacked, so each step costs a handful of small ops."""
+
+    def __init__(self):
+        self.groups = {}  # loss names -> [sum, count, first non-finite step] of their stacked values
+
+    def add(self, losses: Dict[str, torch.Tensor], step: int) -> None:
+        v = torch.stack(list(losses.values()))
+        bad = torch.where(torch.isfinite(v), math.inf, float(step))
+        g = self.groups.get(tuple(losses))
+        if g is None:
+            self.groups[tuple(losses)] = [v, 1, bad]
+        else:
+            g[0], g[1], g[2] = g[0] + v, g[1] + 1, torch.minimum(g[2], bad)
+
+    def read(self) -> Tuple[Dict[str, float], Dict[str, int]]:
+        """(mean of each loss, {loss: first non-finite step} for the non-finite ones, earliest
+        first), then reset."""
+        sums, counts, bad = {}, {}, {}
+        for keys, (v, n, first) in self.groups.items():
+            for k, x, f in zip(keys, v.tolist(), first.tolist()):
+                sums[k], counts[k] = sums.get(k, 0.0) + x, counts.get(k, 0) + n
+                if math.isfinite(f):
+                    bad[k] = min(bad.get(k, int(f)), int(f))
+        self.groups = {}
+        return {k: sums[k] / counts[k] for k in sums}, dict(sorted(bad.items(), key=lambda kv: kv[1]))
+
+
+def task_of(cfg: TrainConfig, data: Dataset) -> dict:
+    """What evaluating a policy on the dataset's task needs: the env spec (JSON), the references,
+    whether it is goal-reaching (scored by success rate), the episodes per evaluation."""
+    spec = gym.spec(cfg.env) if cfg.env else data.env_spec
+    if spec is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
-    env = gym.make_vec(env_id, num_envs=cfg.n_episodes, vectorization_mode="sync")
-    obs_dim, act_dim = data.states.shape[1], data.actions.shape[1]
-    if env.single_observation_space.shape != (obs_dim,) or env.single_action_space.shape != (act_dim,):
-        raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
-                         f"but env {env_id} has {env.single_observation_space.shape} and "
-                         f"{env.single_action_space.shape}; set env to the dataset's env")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
-    has_refs = ref_min is not None and ref_max is not None
+    return {"env_spec": spec.to_json(), "ref_min": ref_min, "ref_max": ref_max, "goal_reaching": data.goal_reaching,
+            "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+
+def pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def open_run(cfg: TrainConfig, data: Dataset, device: torch.device) -> Path:
+    """The run directory (new, or ``resume``'s), with config.yaml (the resolved config) and
+    run_info.json (``run_info``; a resume appends its own to "resumes")."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
+        if not (run_dir / "checkpoint.pt").exists():
+            raise InputError(f"resume: {run_dir} has no checkpoint.pt to continue from")
     else:
-        name = cfg.name or f"iql-{data.name}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(cfg.output_dir) / name
+        run_dir = Path(cfg.output_dir) / (cfg.name or f"{ALGORITHM}-{data.name}-seed{cfg.seed}-"
+                                                       f"{time.strftime('%Y%m%d-%H%M%S')}")
         if (run_dir / "checkpoint.pt").exists():
             raise InputError(f"{run_dir} already holds a run; pass resume: {run_dir} or another name")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**asdict(cfg), "resume": None}, sort_keys=False))
+    info_path, info = run_dir / "run_info.json", run_info(cfg, data, device)
+    if cfg.resume and info_path.exists():
+        first = json.loads(info_path.read_text())
+        info = {**first, "resumes": first.get("resumes", []) + [info]}
+    info_path.write_text(json.dumps(info, indent=1))
+    return run_dir
 
+
+def train(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says: the agent's pre-training phase if it has one (steps < 0), then
+    ``max_timesteps`` offline updates, then ``online_steps`` env steps with one update each;
+    evaluate, log and checkpoint every ``eval_freq`` updates and at the end of each phase. Returns
+    the run directory. Raises InputError on bad input (before training) and FloatingPointError
+    when a loss is not finite or the agent's own stop rule fires (the last good checkpoint is kept)."""
+    validate(cfg)
+    data = load_dataset(cfg)
+    task = task_of(cfg, data)
+    spec = gym.envs.registration.EnvSpec.from_json(task["env_spec"])
+    envs = make_env(spec, task["n_episodes"])
+    obs_dim, act_dim, n_data = data.states.shape[1], data.actions.shape[1], len(data.rewards)
+    if envs.single_observation_space.shape != (obs_dim,) or envs.single_action_space.shape != (act_dim,):
+        raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
+                         f"but env {spec.id} has {envs.single_observation_space.shape} and "
+                         f"{envs.single_action_space.shape}; set env to the dataset's env")
+    if (cfg.buffer_size or n_data + cfg.online_steps) < n_data + cfg.online_steps:
+        raise InputError(f"buffer_size {cfg.buffer_size} cannot hold the dataset's {n_data} transitions plus "
+                         f"online_steps {cfg.online_steps}; set buffer_size >= {n_data + cfg.online_steps} or null")
+    device = pick_device(cfg)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    buffer = ReplayBuffer(data, cfg.normalize, device, cfg.normalize_reward)
-    agent = IQL(obs_dim, act_dim, cfg, device)
+    agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim, data.states if cfg.normalize else None), device)
+    buffer = ReplayBuffer(data, agent.normalizer, *reward_transform(cfg, data),
+                          cfg.buffer_size or n_data + cfg.online_steps, device)
     update = torch.compile(agent.update) if cfg.torch_compile else agent.update
-    step, elapsed = 0, 0.0
+    pretrain_steps = getattr(agent, "pretrain_steps", 0)
+    run_dir = open_run(cfg, data, device)
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    progress = {"step": -pretrain_steps, "env_steps": 0, "elapsed_s": 0.0, "buffer_size": n_data, "online": None}
     if cfg.resume:
-        if not ckpt_path.exists():
-            raise InputError(f"resume: {run_dir} has no checkpoint.pt to continue from")
-        step, elapsed = load_checkpoint(ckpt_path, agent)
-        kept = [l for l in metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
-        metrics_path.write_text("".join(l + "\n" for l in kept))  # drop evals after the checkpoint
-    print(f"IQL on {data.name}: {len(data.rewards)} transitions, env {env_id}, device {device}, "
-          f"run dir {run_dir}" + (f", resuming at step {step}" if step else ""))
-    if not has_refs:
+        progress = load_checkpoint(ckpt_path, agent, buffer)
+        kept = [r for r in metrics_path.read_text().splitlines() if json.loads(r)["step"] <= progress["step"]]
+        metrics_path.write_text("".join(r + "\n" for r in kept))  # drop records after the checkpoint
+    step, total, saved = progress["step"], cfg.max_timesteps + cfg.online_steps, progress["step"] if cfg.resume else None
+    if pretrain_steps and step >= 0:
+        agent.end_pretraining(run_dir)
+    online = OnlineEnv(spec, agent, buffer, cfg.seed, device) if cfg.online_steps else None
+    if online and progress["online"] and not online.load_state_dict(progress["online"]):
+        print("note: the env did not replay the unfinished online episode; a fresh one starts")
+    print(f"{ALGORITHM} on {data.name}: {n_data} transitions, env {spec.id}, device {device}, run dir {run_dir}"
+          + (f", resuming at step {step}" if cfg.resume else ""))
+    if not task["goal_reaching"] and None in (task["ref_min"], task["ref_max"]):
         print(f"note: {data.name} carries no reference returns (ref_min_score/ref_max_score), so "
               "normalized_score is null and raw returns are logged; set both fields to normalise.")
     mode = cfg.wandb_mode or os.environ.get("WANDB_MODE", "offline")
     try:
-        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name,
-                         resume="allow", dir=run_dir, mode=mode, config=asdict(cfg),
-                         settings=wandb.Settings(console="off", silent=True))
+        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name, resume="allow",
+                         dir=run_dir, mode=mode, config=asdict(cfg), settings=wandb.Settings(console="off", silent=True))
     except Exception as e:  # e.g. online mode without an API key
         raise InputError(f"wandb_mode={mode}: {e}. Run `wandb login`, or set wandb_mode: offline") from None
 
-    sums, n_sum, t_last = None, 0, time.time()
-    bar = tqdm(total=cfg.max_timesteps, initial=step, disable=not cfg.progress_bar, unit="upd",
-               dynamic_ncols=True)
-    while step < cfg.max_timesteps:
-        losses = update(*buffer.sample(cfg.batch_size))
-        sums = losses if sums is None else {k: sums[k] + v for k, v in losses.items()}
-        n_sum += 1
-        step += 1
+    log, episode_returns, n_since, t_last, record = LossLog(), [], 0, time.time(), None
+    bar = tqdm(total=total + pretrain_steps, initial=step + pretrain_steps, disable=not cfg.progress_bar,
+               unit="upd", dynamic_ncols=True)
+    while step < total:
+        if step < 0:
+            losses = agent.pretrain_update(*buffer.sample(cfg.batch_size))
+        else:
+            if step >= cfg.max_timesteps:
+                episode_return = online.step()
+                progress["env_steps"] += 1
+                episode_returns += [] if episode_return is None else [episode_return]
+            losses = update(*buffer.sample(cfg.batch_size), step=step + 1)
+        step, n_since = step + 1, n_since + 1
+        log.add(losses, step)
         bar.update(1)
-        if step % cfg.eval_freq and step != cfg.max_timesteps:
+        if step == 0 and pretrain_steps:
+            agent.end_pretraining(run_dir)
+        if (step + pretrain_steps if step <= 0 else step) % cfg.eval_freq and step not in (0, cfg.max_timesteps, total):
             continue
-        mean_losses = {k: v.item() / n_sum for k, v in sums.items()}
-        bad = [k for k, v in mean_losses.items() if not math.isfinite(v)]
-        if bad:
+        mean_losses, bad = log.read()
+        reason = getattr(agent, "stop_reason", lambda: None)()
+        if bad or reason:
             bar.close()
             run.finish(exit_code=1)
-            raise FloatingPointError(
-                f"non-finite {', '.join(bad)} between steps {step - n_sum} and {step}; training "
-                f"stopped. The last good checkpoint ({ckpt_path}, step {step - n_sum}) is kept.")
+            at = {n: [k for k in bad if bad[k] == n] for n in bad.values()}  # first non-finite step -> losses
+            what = "; ".join(f"{'non-finite ' if n == min(at) else 'then '}{', '.join(ks)} at step {n}"
+                             for n, ks in at.items()) if bad else reason
+            kept = (f"The last good checkpoint ({ckpt_path}, step {saved}) is kept." if saved is not None else
+                    f"No checkpoint was written yet (the first comes at step {min(cfg.eval_freq, total)}).")
+            raise FloatingPointError(f"{what}; training stopped. {kept} Lower the learning rates (a resume "
+                                     "takes new ones) or check the data's rewards.")
         now = time.time()
-        elapsed, rate, t_last = elapsed + now - t_last, n_sum / (now - t_last), now
-        returns = evaluate(env, agent.actor, buffer, cfg.seed + 100, device)
-        scores = normalized_score(returns, ref_min, ref_max) if has_refs else None
-        record = {"step": step, "return_mean": float(returns.mean()), "return_std": float(returns.std()),
-                  "normalized_score": float(scores.mean()) if has_refs else None,
-                  "normalized_score_std": float(scores.std()) if has_refs else None,
-                  "elapsed_s": round(elapsed, 2), "updates_per_s": round(rate, 1), **mean_losses}
+        progress["elapsed_s"], rate, t_last = progress["elapsed_s"] + now - t_last, n_since / (now - t_last), now
+        phase = "pretrain" if step <= 0 and pretrain_steps else "offline" if step <= cfg.max_timesteps else "online"
+        record, line = {"step": step, "phase": phase, "env_steps": progress["env_steps"]}, f"step {step} [{phase}]"
+        if phase != "pretrain":
+            returns, success = evaluate(envs, agent, cfg.seed + 100, device)
+            score = scores(returns, success, task)
+            record.update(return_mean=float(returns.mean()), return_std=float(returns.std()),
+                          success_rate=float(success.mean()) if task["goal_reaching"] else None,
+                          normalized_score=None if score is None else float(score.mean()),
+                          normalized_score_std=None if score is None else float(score.std()))
+            line += f": return {returns.mean():.1f} ± {returns.std():.1f}" + (
+                "" if score is None else f", score {score.mean():.1f} ± {score.std():.1f}")
+            bar.set_postfix_str(f"score {score.mean():.1f}" if score is not None else f"return {returns.mean():.1f}")
+        if episode_returns:
+            record.update(online_episodes=len(episode_returns), online_return_mean=float(np.mean(episode_returns)))
+            line += f", {len(episode_returns)} online episodes returning {np.mean(episode_returns):.1f}"
+        record.update(elapsed_s=round(progress["elapsed_s"], 2), updates_per_s=round(rate, 1), **mean_losses)
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(ckpt_path, agent, step, elapsed, buffer)
-        run.log({k: v for k, v in record.items() if v is not None}, step=step)
-        score = f"score {record['normalized_score']:.1f}" if has_refs else f"return {returns.mean():.1f}"
-        bar.set_postfix_str(score)
-        bar.write(f"step {step}: return {returns.mean():.1f} ± {returns.std():.1f}"
-                  + (f", normalized {scores.mean():.1f} ± {scores.std():.1f}" if has_refs else "")
-                  + f", value {mean_losses['value_loss']:.3g}, critic {mean_losses['critic_loss']:.3g}, "
-                  f"actor {mean_losses['actor_loss']:.3g}, {rate:.0f} upd/s")
-        sums, n_sum, t_last = None, 0, time.time()
+        progress.update(step=step, buffer_size=buffer.size, online=online.state_dict() if online else None)
+        save_checkpoint(ckpt_path, agent, progress, task, buffer)
+        saved, logged = step, {k: v for k, v in record.items() if isinstance(v, (int, float))}
+        if cfg.save_video and phase != "pretrain":
+            video = record_video(task, agent, cfg.seed + 100, run_dir / "videos" / f"step{step}.mp4", device)
+            logged["video"] = wandb.Video(str(video), format="mp4")
+        run.log(logged, step=step + pretrain_steps)
+        bar.write(line + "; " + ", ".join(f"{k} {v:.3g}" for k, v in mean_losses.items()) + f"; {rate:.0f} upd/s")
+        episode_returns, n_since, t_last = [], 0, time.time()
     bar.close()
     run.finish()
+    if record is not None and record.get("normalized_score") is not None:
+        data_mean = scores(data.episode_returns, np.zeros(len(data.episode_returns), bool), task)
+        print(f"final {'success rate x 100' if task['goal_reaching'] else 'normalised score'} "
+              f"{record['normalized_score']:.1f}" + ("" if data_mean is None or task["goal_reaching"] else
+                                                      f" (behaviour data mean {data_mean.mean():.1f})"))
     return run_dir
+
+
+def evaluate_run(cfg: TrainConfig) -> dict:
+    """Evaluate the checkpoint of the run in ``cfg.evaluate`` on ``n_episodes`` (default: the run's)
+    without training, with a video when ``save_video``; appends the result to the run's
+    evaluations.jsonl and returns it."""
+    run_dir = Path(cfg.evaluate)
+    if not (run_dir / "checkpoint.pt").exists():
+        raise InputError(f"evaluate: {run_dir} has no checkpoint.pt")
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    task = {**state["task"], "n_episodes": cfg.n_episodes or state["task"]["n_episodes"]}
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if cfg.device == "auto" else cfg.device)
+    envs = make_env(gym.envs.registration.EnvSpec.from_json(task["env_spec"]), task["n_episodes"])
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim), device)
+    agent.load_state_dict(state["agent"])
+    returns, success = evaluate(envs, agent, cfg.seed + 100, device)
+    score = scores(returns, success, task)
+    result = {"step": state["progress"]["step"], "n_episodes": task["n_episodes"], "seed": cfg.seed + 100,
+              "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+              "success_rate": float(success.mean()) if task["goal_reaching"] else None,
+              "normalized_score": None if score is None else float(score.mean()),
+              "normalized_score_std": None if score is None else float(score.std())}
+    if cfg.save_video:
+        result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" /
+                                           f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4", device))
+    with (run_dir / "evaluations.jsonl").open("a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(f"{run_dir} at step {result['step']}, {task['n_episodes']} episodes: return "
+          f"{result['return_mean']:.1f} ± {result['return_std']:.1f}"
+          + ("" if score is None else f", score {score.mean():.1f} ± {score.std():.1f}")
+          + (f"; video {result['video']}" if cfg.save_video else ""))
+    return result
 
 
 def parse_config(argv=None) -> TrainConfig:
     """CLI -> TrainConfig. ``--config`` (or pyrallis' ``--config_path``) loads a YAML; with
-    ``--resume <run dir>`` the run's saved config.yaml is the base. Other flags override fields."""
+    ``--resume`` or ``--evaluate <run dir>`` the run's saved config.yaml is the base. Other flags
+    override fields. Raises InputError naming a missing file, a mistyped value or an unknown key."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [("--config_path" + a[len("--config"):]) if a.split("=")[0] == "--config" else a for a in argv]
-    given = {}  # values of --config_path / --resume in argv
+    given = {}  # values of --config_path / --resume / --evaluate in argv
     for i, a in enumerate(argv):
         key, _, val = a.partition("=")
-        if key in ("--config_path", "--resume"):
+        if key in ("--config_path", "--resume", "--evaluate"):
             given[key] = val or (argv[i + 1] if i + 1 < len(argv) else "")
-    resume_base = str(Path(given["--resume"]) / "config.yaml") if given.get("--resume") else None
-    config_path = given.get("--config_path") or resume_base
+    run = given.get("--resume") or given.get("--evaluate")
+    run_base = str(Path(run) / "config.yaml") if run else None
+    config_path = given.get("--config_path") or run_base
+    if given.get("--config_path") and not Path(config_path).is_file():
+        raise InputError(f"--config: no config file {config_path}; check the path (configs live in configs/<algorithm>/)")
+    if run and not given.get("--config_path") and not Path(run_base).is_file():
+        raise InputError(f"{run} is not a run directory (no config.yaml); give one that a training run wrote")
     bools = {f.name for f in fields(TrainConfig) if f.type in ("bool", bool)}
-    raw = yaml.safe_load(Path(config_path).read_text()) if config_path and Path(config_path).exists() else {}
+    raw = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
     pairs = [(k, v) for k, v in (raw or {}).items()] + [
         (a[2:], argv[i + 1]) for i, a in enumerate(argv[:-1]) if a.startswith("--") and "=" not in a]
     for key, val in pairs:  # pyrallis reads any unknown string as True; refuse it instead
@@ -591,7 +1011,7 @@ def parse_config(argv=None) -> TrainConfig:
             raise InputError(f"{key} must be true or false, got {val!r}")
     try:
         return pyrallis.parse(config_class=TrainConfig, args=argv,
-                              config_path=None if "--config_path" in given else resume_base)
+                              config_path=None if "--config_path" in given else run_base)
     except pyrallis.utils.ParsingError as e:
         raise InputError(f"config: {e}") from None
     except Exception as e:  # unknown YAML keys
@@ -600,8 +1020,13 @@ def parse_config(argv=None) -> TrainConfig:
         raise
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
     try:
-        train(parse_config())
+        cfg = parse_config(argv)
+        evaluate_run(cfg) if cfg.evaluate else train(cfg)
     except (InputError, FloatingPointError) as err:
         sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -39,30 +39,25 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"hopper": (11, 3), "halfcheetah": (17, 6)}
 ENV_ID = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5"}
 MODES = ("eager", "compile", "compiled-autograd")
-# benchmark name -> (algorithm file, agent class); spot_vae is SPOT's phase 1 (the VAE alone)
-AGENT_CLASS = {"iac_cpe": ("iac_cpe", "IACCPE"), "td3_bc": ("td3_bc", "TD3BC"), "iql": ("iql", "IQL"),
-               "awac": ("awac", "AWAC"), "spot": ("spot", "SPOT"), "spot_vae": ("spot", "SPOT"),
-               "por": ("por", "POR")}
+# benchmark name -> algorithm file; spot_vae is SPOT's phase 1 (the VAE alone)
+ALGORITHM_FILE = {"iac_cpe": "iac_cpe", "td3_bc": "td3_bc", "iql": "iql", "awac": "awac", "spot": "spot",
+                  "spot_vae": "spot", "por": "por"}
 
 
 def make_update(algo: str, mod, obs_dim: int, act_dim: int, cfg, device, compile_: bool = False):
-    """(agent, the algorithm's own update step as ``update(*batch)``); TD3+BC and SPOT also need
-    the iteration, SPOT's VAE phase takes (s, a) only. ``compile_``: the step through
+    """(agent, the algorithm's own update step as ``update(*batch)``, the iteration counted as the
+    run loop counts it); SPOT's VAE phase is its ``pretrain_update``. ``compile_``: the step through
     ``torch.compile``, as ``torch_compile: true`` trains (``torch._dynamo.config.compiled_autograd``,
     when set by the caller, traces its backward too)."""
-    agent = getattr(mod, AGENT_CLASS[algo][1])(obs_dim, act_dim, cfg, device)
+    agent = mod.Agent(obs_dim, act_dim, cfg, mod.Normalizer(obs_dim), device)
     wrap = torch.compile if compile_ else (lambda f: f)
     if algo == "spot_vae":
-        vae_update = wrap(agent.vae_update)
-        return agent, lambda s, a, *rest: vae_update(s, a)
-    update = wrap(agent.update)
-    if algo not in ("td3_bc", "spot"):
-        return agent, update
-    it = itertools.count(1)
+        return agent, wrap(agent.pretrain_update)
+    update, it = wrap(agent.update), itertools.count(1)
     return agent, lambda *batch: update(*batch, step=next(it))
 
 
-def time_evaluation(algo: str, mod, env: str, agent, buffer, device: torch.device, n_episodes: int) -> float:
+def time_evaluation(mod, env: str, agent, device: torch.device, n_episodes: int) -> float:
     """Seconds of one call of the file's ``evaluate`` on ``n_episodes`` full-length (1000-step)
     episodes: a vector env of the gymnasium -v5 env with termination off, so an untrained policy
     costs what a good one does."""
@@ -70,7 +65,7 @@ def time_evaluation(algo: str, mod, env: str, agent, buffer, device: torch.devic
     kwargs = {"terminate_when_unhealthy": False} if env == "hopper" else {}
     envs = gym.make_vec(ENV_ID[env], num_envs=n_episodes, vectorization_mode="sync", **kwargs)
     t0 = time.perf_counter()
-    mod.evaluate(envs, agent if algo == "por" else agent.actor, buffer, 0, device)
+    mod.evaluate(envs, agent, 0, device)
     return time.perf_counter() - t0
 
 
@@ -132,7 +127,7 @@ def gemm_note(threads_list) -> tuple:
 
 
 def load(name: str):
-    name = AGENT_CLASS[name][0]
+    name = ALGORITHM_FILE[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / "algorithms" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -149,10 +144,11 @@ def synthetic_arrays(obs_dim: int, act_dim: int, n: int) -> dict:
 
 
 def synthetic_buffer(mod, obs_dim: int, act_dim: int, n: int, device: torch.device):
+    """The file's own replay buffer holding ``synthetic_arrays``, states normalised as in training."""
     d = synthetic_arrays(obs_dim, act_dim, n)
-    data = mod.Dataset(d["observations"], d["actions"], d["rewards"], d["next_observations"],
-                       d["terminals"], None, None, None, "synthetic")
-    return mod.ReplayBuffer(data, True, device)
+    data = mod.Dataset(d["observations"], d["actions"], d["rewards"], d["next_observations"], d["terminals"],
+                       np.zeros(0), None, None, None, "synthetic", [])
+    return mod.ReplayBuffer(data, mod.Normalizer(obs_dim, data.states).to(device), 1.0, 0.0, n, device)
 
 
 def time_updates(update, buffer, batch_size: int, steps: int, device: torch.device) -> float:
@@ -167,7 +163,7 @@ def time_updates(update, buffer, batch_size: int, steps: int, device: torch.devi
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algos", nargs="+", default=list(AGENT_CLASS), choices=list(AGENT_CLASS))
+    p.add_argument("--algos", nargs="+", default=list(ALGORITHM_FILE), choices=list(ALGORITHM_FILE))
     p.add_argument("--envs", nargs="+", default=["hopper"], choices=list(SHAPES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -207,7 +203,7 @@ def main() -> None:
                     row = {"algo": algo, "env": env, "device": dev_name, "threads": threads, "mode": mode,
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
-                           time_evaluation(algo, mod, env, agent, buffer, device, args.eval_episodes),
+                           time_evaluation(mod, env, agent, device, args.eval_episodes),
                            **profiled_matmuls(
                                args, device, lambda n: time_updates(update, buffer, cfg.batch_size, n, device))}
                     rows.append(row)

@@ -1,4 +1,5 @@
-"""Shared test helpers: load an algorithm file as a module (the files are scripts, not a package)."""
+"""Shared test helpers: load an algorithm file as a module (the files are scripts, not a package),
+tiny configs on the shipped data, and the interrupt-then-resume helper."""
 import importlib.util
 import json
 import os
@@ -8,7 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = Path(os.environ.get("SHIPPED_DATASETS", ROOT / "datasets")) / "local" / "hopper"
+DATASETS = Path(os.environ.get("SHIPPED_DATASETS", ROOT / "datasets")) / "local"
+SHIPPED = DATASETS / "hopper"
+ALGORITHMS = ["iac_cpe", "td3_bc", "iql", "awac", "spot", "por"]
+ONLINE = ["iac_cpe", "iql", "awac", "spot"]  # the files that fine-tune online
+
+# small networks and short phases, per file, so a few hundred updates take seconds
+TINY = dict(hidden_dim=32, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False, wandb_mode="disabled")
+TINY_ALGO = {"iac_cpe": dict(n_hidden=2), "awac": dict(n_hidden=2), "spot": dict(vae_steps=100, vae_hidden_dim=32),
+             "por": dict(execute_hidden_dim=32)}
 
 
 def load_algorithm(name: str):
@@ -19,84 +28,80 @@ def load_algorithm(name: str):
     return module
 
 
+def load_tool(name: str, folder: str = "tools"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def iac_cpe():
     return load_algorithm("iac_cpe")
+
+
+@pytest.fixture(params=ALGORITHMS)
+def algo(request):
+    """Each algorithm file as a module, one test per file."""
+    return load_algorithm(request.param)
 
 
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch, tmp_path):
     """No test may reach wandb's servers or the user's Minari folder."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
 
 
-TINY = dict(hidden_dim=32, n_hidden=2, batch_size=64, eval_freq=100, n_episodes=2, progress_bar=False,
-            wandb_mode="disabled")
+def tiny(mod) -> dict:
+    """The tiny settings of algorithm module ``mod``."""
+    return {**TINY, **TINY_ALGO.get(mod.ALGORITHM, {})}
 
 
 def make_config(mod, tmp_path, **kw):
-    """A tiny, fast config of algorithm module ``mod`` on the shipped medium-replay data."""
-    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **TINY)
+    """A tiny, fast config of algorithm module ``mod`` on the shipped Hopper medium-replay data."""
+    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **tiny(mod))
     return mod.TrainConfig(**{**base, **kw})
 
 
 def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def without_timing(rows):
     return [{k: v for k, v in r.items() if k not in ("elapsed_s", "updates_per_s")} for r in rows]
 
 
-def check_resume_matches(mod, tmp_path):
-    """300 updates straight vs 200, then ``--resume`` to 300: same metrics, same networks.
-    Returns the two run dirs (full, resumed)."""
-    import torch
-    full = mod.train(make_config(mod, tmp_path, max_timesteps=300, name="full"))
-    part = mod.train(make_config(mod, tmp_path, max_timesteps=200, name="part"))
-    assert (part / "checkpoint.pt").exists() and [r["step"] for r in read_metrics(part)] == [100, 200]
-    with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
-        f.write(json.dumps({"step": 250}) + "\n")
-    cfg = mod.parse_config(["--resume", str(part), "--max_timesteps", "300"])
-    assert cfg.hidden_dim == TINY["hidden_dim"] and cfg.name == "part"  # the saved config is the base
-    mod.train(cfg)
-    assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
-    assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
-    assert_same_networks(full, part)
-    return full, part
-
-
 def assert_same_networks(*run_dirs):
     """Every network (not optimiser or schedule) in the runs' checkpoints is bit-identical."""
     import torch
-    a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in run_dirs)
+    a, b = (torch.load(Path(r) / "checkpoint.pt", weights_only=False)["agent"] for r in run_dirs)
+    assert a.keys() == b.keys()
     for net in a:
         if not net.endswith(("opt", "sched")):
             for k in a[net]:
                 torch.testing.assert_close(a[net][k], b[net][k], rtol=0, atol=0)
 
 
-def interrupt_after(mod, monkeypatch, step: int):
-    """Make ``mod.train`` raise KeyboardInterrupt right after saving its checkpoint at ``step``;
-    returns a function that undoes it."""
+def train_interrupted(mod, monkeypatch, cfg, step: int) -> Path:
+    """Run ``mod.train(cfg)`` until it is interrupted (KeyboardInterrupt, as Ctrl-C) right after
+    its checkpoint at ``step``; returns the run directory."""
     save = mod.save_checkpoint
 
-    def save_then_crash(path, agent, at, *rest, **kw):
-        save(path, agent, at, *rest, **kw)
-        if at == step:
+    def save_then_crash(path, agent, progress, *rest):
+        save(path, agent, progress, *rest)
+        if progress["step"] == step:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(mod, "save_checkpoint", save_then_crash)
-    return lambda: monkeypatch.setattr(mod, "save_checkpoint", save)
-
-
-def train_interrupted(mod, monkeypatch, cfg, step: int) -> Path:
-    """Run ``mod.train(cfg)`` until it is interrupted right after its checkpoint at ``step``;
-    returns the run directory."""
-    restore = interrupt_after(mod, monkeypatch, step)
     with pytest.raises(KeyboardInterrupt):
         mod.train(cfg)
-    restore()
+    monkeypatch.setattr(mod, "save_checkpoint", save)
     return Path(cfg.output_dir) / cfg.name
+
+
+def dataset(mod, states, actions, rewards, next_states, dones):
+    """A ``mod.Dataset`` of the given transitions (no env, no references)."""
+    import numpy as np
+    return mod.Dataset(*(np.asarray(x, np.float32) for x in (states, actions, rewards, next_states, dones)),
+                       np.zeros(0), None, None, None, "t", [])

@@ -1,10 +1,10 @@
-"""AWAC: the capped advantage weights, a short run, resume equality."""
+"""AWAC: the capped advantage weights, the advantage from one sampled action, exploration."""
 import math
 
 import pytest
 import torch
 
-from conftest import check_resume_matches, load_algorithm
+from conftest import load_algorithm
 
 
 @pytest.fixture(scope="module")
@@ -22,5 +22,13 @@ def test_actor_loss_weights_are_exp_advantage_capped(awac):
     torch.testing.assert_close(logp.grad, -torch.tensor(weights) / 3)
 
 
-def test_short_run_writes_metrics_and_resumes_identically(awac, tmp_path):
-    check_resume_matches(awac, tmp_path)
+def test_update_weights_dataset_actions_by_their_advantage_over_a_policy_sample(awac):
+    torch.manual_seed(0)
+    cfg = awac.TrainConfig(dataset_id="x", hidden_dim=16, n_hidden=2)
+    agent = awac.Agent(4, 2, cfg, awac.Normalizer(4), torch.device("cpu"))
+    batch = (torch.randn(8, 4), torch.rand(8, 2) * 2 - 1, torch.randn(8), torch.randn(8, 4), torch.zeros(8))
+    out = agent.update(*batch, step=1)
+    assert {"critic_loss", "actor_loss", "q_mean", "adv_mean"} == out.keys()
+    obs = torch.randn(5, 4)
+    explored = agent.explore(obs)
+    assert explored.shape == (5, 2) and explored.abs().max() <= 1 and not torch.equal(explored, agent.act(obs))

@@ -1,5 +1,5 @@
 """POR: losses on hand-computed inputs, twin V, decoupled updates, the eq. (7) action, reward
-scale, short runs (por_r, por_q with pre-training), resume equality."""
+scale, por_q's pre-training phase, offline only. (Resume, bad input, CLI: tests/test_plumbing.py.)"""
 import json
 import math
 
@@ -7,18 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_networks, train_interrupted, load_algorithm, make_config, read_metrics, without_timing
-
-SMALL = dict(execute_hidden_dim=32)  # TINY leaves pi at the official 1024 width
-
+from conftest import dataset, load_algorithm, make_config, read_metrics, train_interrupted
 
 @pytest.fixture(scope="module")
 def por():
     return load_algorithm("por")
-
-
-def config(por, tmp_path, **kw):
-    return make_config(por, tmp_path, **{**SMALL, **kw})
 
 
 def batch(n=8, obs=4, act=2, seed=0):
@@ -111,10 +104,10 @@ def test_execute_policy_is_decoupled_from_v_and_guide(por):
     nets = []
     for kw in (dict(), dict(guide="por_q", expectile=0.9, alpha=50.0, layer_norm=False)):
         torch.manual_seed(0)  # same initial V, g and pi (b, when there, is built after them)
-        agent = por.POR(4, 2, por.TrainConfig(dataset_id="x", hidden_dim=16, execute_hidden_dim=16, **kw),
-                        torch.device("cpu"))
+        agent = por.Agent(4, 2, por.TrainConfig(dataset_id="x", hidden_dim=16, execute_hidden_dim=16, **kw),
+                          por.Normalizer(4), torch.device("cpu"))
         for i in range(5):
-            agent.update(*batch(seed=i))
+            agent.update(*batch(seed=i), step=i + 1)
         nets.append(agent)
     for p, q in zip(nets[0].execute.parameters(), nets[1].execute.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
@@ -124,12 +117,12 @@ def test_execute_policy_is_decoupled_from_v_and_guide(por):
 @pytest.mark.parametrize("kw", [dict(), dict(guide="por_q"), dict(guide="por_q", por_q_objective="slides")])
 def test_one_update_moves_v_target_by_polyak_and_leaves_b_frozen(por, kw):
     cfg = por.TrainConfig(dataset_id="x", hidden_dim=16, execute_hidden_dim=16, tau=0.1, **kw)
-    agent = por.POR(4, 2, cfg, torch.device("cpu"))
+    agent = por.Agent(4, 2, cfg, por.Normalizer(4), torch.device("cpu"))
     assert (agent.behavior_guide is not None) == (kw == dict(guide="por_q"))
     target0 = [p.clone() for p in agent.value_target.parameters()]
     b0 = [p.clone() for p in agent.behavior_guide.parameters()] if agent.behavior_guide else []
     lr0 = agent.guide_opt.param_groups[0]["lr"]
-    out = agent.update(*batch())
+    out = agent.update(*batch(), step=1)
     assert set(out) == {"value_loss", "guide_loss", "execute_loss", "v_mean"}
     assert all(torch.isfinite(v) and not v.requires_grad for v in out.values())
     for t0, t, v in zip(target0, agent.value_target.parameters(), agent.value.parameters()):
@@ -142,7 +135,7 @@ def test_one_update_moves_v_target_by_polyak_and_leaves_b_frozen(por, kw):
 
 def test_action_is_pi_mean_at_the_guide_mean_clipped(por):
     cfg = por.TrainConfig(dataset_id="x", hidden_dim=16, execute_hidden_dim=16)
-    agent = por.POR(4, 2, cfg, torch.device("cpu"))
+    agent = por.Agent(4, 2, cfg, por.Normalizer(4), torch.device("cpu"))
     with torch.no_grad():
         agent.guide.log_std.fill_(2.0)  # a sample of g would be far from its mean
         agent.execute.log_std.fill_(2.0)
@@ -159,70 +152,39 @@ def test_action_is_pi_mean_at_the_guide_mean_clipped(por):
 def test_reward_scale_uses_por_trajectory_split(por):
     """max_episode_steps 2: [1, 2] cut by length, [3] by the terminal, [4, 10] by length, [5] trailing."""
     n = 6
-    data = por.Dataset(np.zeros((n, 1), np.float32), np.full((n, 1), 1.5, np.float32),
-                       np.array([1, 2, 3, 4, 10, 5], np.float32), np.zeros((n, 1), np.float32),
-                       np.array([0, 0, 1, 0, 0, 0], np.float32), None, None, None, "t")
+    data = dataset(por, np.zeros((n, 1)), np.full((n, 1), 1.5), [1, 2, 3, 4, 10, 5], np.zeros((n, 1)), [0, 0, 1, 0, 0, 0])
     assert por.return_range(data, 2) == (3.0, 14.0)
-    buffer = por.ReplayBuffer(data, False, torch.device("cpu"), normalize_reward=True, max_episode_steps=2)
+    cfg = por.TrainConfig(dataset_id="x", max_episode_steps=2)
+    assert por.reward_transform(cfg, data) == (1000 / 11, 0.0)
+    buffer = por.ReplayBuffer(data, por.Normalizer(1), *por.reward_transform(cfg, data), n, torch.device("cpu"))
     torch.testing.assert_close(buffer.rewards, torch.tensor([1.0, 2, 3, 4, 10, 5]) * 1000 / 11)
     assert buffer.actions.max().item() == 1.5  # not clipped (official POR)
+    assert por.reward_transform(por.TrainConfig(dataset_id="x", normalize_reward=False), data) == (1.0, 0.0)
 
 
 # --------------------------------------------------------------------------------- training
-def test_short_run_writes_metrics_checkpoint_and_evaluates_deterministically(por, tmp_path):
-    run = por.train(config(por, tmp_path, max_timesteps=200))
+def test_por_q_pretrains_b_as_a_first_phase_then_trains_with_b_frozen(por, tmp_path):
+    kw = dict(guide="por_q", expectile=0.7, alpha=50.0, layer_norm=False, guide_pretrain_steps=200, max_timesteps=200)
+    run = por.train(make_config(por, tmp_path, **kw))
     rows = read_metrics(run)
-    assert [r["step"] for r in rows] == [100, 200]
-    for key in ("return_mean", "normalized_score", "value_loss", "guide_loss", "execute_loss", "v_mean"):
-        assert all(np.isfinite(r[key]) for r in rows), key
+    assert [(r["step"], r["phase"]) for r in rows] == [(-100, "pretrain"), (0, "pretrain"), (100, "offline"),
+                                                        (200, "offline")]
+    assert all("return_mean" not in r and math.isfinite(r["behavior_guide_loss"]) for r in rows[:2])
     state = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert state["step"] == 200 and "behavior_guide" not in state["agent"]
-    assert "guide: por_r" in (run / "config.yaml").read_text()
-    import gymnasium as gym
-    cfg = config(por, tmp_path)
-    agent = por.POR(11, 3, cfg, torch.device("cpu"))
-    agent.load_state_dict(state["agent"])
-    buffer = por.ReplayBuffer(por.load_dataset(cfg), False, torch.device("cpu"))
-    returns = por.evaluate(gym.make_vec("Hopper-v5", num_envs=2, vectorization_mode="sync"), agent, buffer, cfg.seed + 100, torch.device("cpu"))
-    np.testing.assert_allclose(returns.mean(), rows[-1]["return_mean"])  # same seeds, same result
+    assert "behavior_guide" in state["agent"]
+    plain = por.train(make_config(por, tmp_path, name="por_r", max_timesteps=100))
+    assert "behavior_guide" not in torch.load(plain / "checkpoint.pt", weights_only=False)["agent"]
+    assert [r["phase"] for r in read_metrics(plain)] == ["offline"]
 
 
-def test_interrupted_run_resumes_to_the_same_metrics_and_networks(por, tmp_path, monkeypatch):
-    """Same max_timesteps in both runs: g and pi's cosine schedules span max_timesteps."""
-    full = por.train(config(por, tmp_path, max_timesteps=300, name="full"))
-    part = train_interrupted(por, monkeypatch, config(por, tmp_path, max_timesteps=300, name="part"), 200)
-    with (part / "metrics.jsonl").open("a") as f:  # an eval written after the last checkpoint
-        f.write(json.dumps({"step": 250}) + "\n")
-    cfg = por.parse_config(["--resume", str(part)])
-    assert cfg.execute_hidden_dim == 32 and cfg.name == "part"  # the saved config is the base
-    por.train(cfg)
-    assert [r["step"] for r in read_metrics(part)] == [100, 200, 300]
-    assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
-    assert_same_networks(full, part)
-
-
-def test_por_q_pretrains_b_then_resumes_mid_pretraining_identically(por, tmp_path, monkeypatch):
-    kw = dict(guide="por_q", expectile=0.7, alpha=50.0, layer_norm=False, guide_pretrain_steps=200,
-              max_timesteps=200)
-    full = por.train(config(por, tmp_path, name="full", **kw))
-    state = torch.load(full / "checkpoint.pt", weights_only=False)
-    assert (state["step"], state["pretrain_step"]) == (200, 200) and "behavior_guide" in state["agent"]
-    save = por.save_checkpoint
-
-    def crash_after_pretrain_step_100(path, agent, step, elapsed, buffer, pretrain_step=0):
-        save(path, agent, step, elapsed, buffer, pretrain_step)
-        if (step, pretrain_step) == (0, 100):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(por, "save_checkpoint", crash_after_pretrain_step_100)
-    with pytest.raises(KeyboardInterrupt):
-        por.train(config(por, tmp_path, name="part", **kw))
-    monkeypatch.setattr(por, "save_checkpoint", save)
-    part = tmp_path / "runs" / "part"
-    assert not (part / "metrics.jsonl").exists()  # no evaluation during pre-training
-    por.train(por.parse_config(["--resume", str(part)]))
-    assert [r["step"] for r in read_metrics(part)] == [100, 200]
-    assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
+def test_extending_a_run_recomputes_the_cosine_schedules(por, tmp_path, monkeypatch):
+    """--resume --max_timesteps 400 on a 100-step run: at step 200 the policies' learning rate is
+    the cosine of the new total (half of policy_lr), not a cosine restarted past its old end."""
+    run = por.train(make_config(por, tmp_path, max_timesteps=100, policy_lr=1e-3))
+    train_interrupted(por, monkeypatch, por.parse_config(["--resume", str(run), "--max_timesteps", "400"]), 200)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)["agent"]
+    for opt in ("guide_opt", "execute_opt"):
+        assert state[opt]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 2)))
 
 
 @pytest.mark.parametrize("kw, field", [
@@ -230,8 +192,9 @@ def test_por_q_pretrains_b_then_resumes_mid_pretraining_identically(por, tmp_pat
     (dict(por_q_objective="paper"), "por_q_objective"),
     (dict(expectile=1.0), "expectile"),
     (dict(guide_pretrain_steps=-1), "guide_pretrain_steps"),
+    (dict(online_steps=10), "POR is offline-only"),
 ])
 def test_bad_config_fails_before_training(por, tmp_path, kw, field):
     with pytest.raises(por.InputError, match=field):
-        por.train(config(por, tmp_path, **kw))
+        por.train(make_config(por, tmp_path, **kw))
     assert not (tmp_path / "runs").exists()
