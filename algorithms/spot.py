@@ -61,6 +61,7 @@ import random
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -97,7 +98,10 @@ class TrainConfig:
     critic_lr: float = 3e-4
     discount: float = 0.99
     tau: float = 0.005  # Polyak rate of the actor and critic targets
-    normalize: bool = True  # normalise states with the offline data's mean/std (+1e-3), in both phases
+    normalize: Optional[bool] = None  # normalise states (both phases); None = official: locomotion yes, mazes no
+    antmaze_center_reward: float = 0.0  # goal-reaching tasks: reward 1 -> this, 0 -> -1 (official main.py)
+    actor_init_w: Optional[float] = None  # output layers' weights and biases ~ U(-w, w); None = PyTorch's
+    critic_init_w: Optional[float] = None  # (official AntMaze configs: actor 0.001, critic 0.003)
     # behaviour VAE, phase 1 (train_vae.py defaults)
     vae_steps: int = 100_000  # VAE gradient steps; ignored with vae_path
     vae_path: Optional[str] = None  # trained VAE (run dir, its vae.pt, or official .pt): skip phase 1
@@ -149,9 +153,13 @@ def check_config(cfg: TrainConfig) -> None:
         raise InputError(f"tau must be in (0, 1] and discount in [0, 1]; got {cfg.tau}, {cfg.discount}")
 
 
-def reward_transform(cfg: TrainConfig, data: "Dataset") -> Tuple[float, float]:
-    """(scale, shift) applied to every reward, offline and online: raw rewards (official MuJoCo)."""
-    return 1.0, 0.0
+def preprocessing(cfg: TrainConfig, data: "Dataset") -> Tuple[bool, float, float]:
+    """(normalise states?, reward scale, reward shift): every reward becomes scale * r + shift, offline
+    and online. As the official main.py: locomotion data normalised, raw rewards; goal-reaching
+    (AntMaze) data not normalised (antmaze_no_normalize) and its 0/1 rewards mapped 1 ->
+    antmaze_center_reward, 0 -> -1, which is -1 + (1 + antmaze_center_reward) * r."""
+    normalize = (not data.goal_reaching) if cfg.normalize is None else cfg.normalize
+    return (normalize, 1.0 + cfg.antmaze_center_reward, -1.0) if data.goal_reaching else (normalize, 1.0, 0.0)
 
 
 # ------------------------------------------------------------------------------------- networks
@@ -187,11 +195,15 @@ class VAE(nn.Module):
 
 class Actor(nn.Module):
     """Deterministic policy pi(s) = tanh(MLP(s)) with dropout after each hidden layer (active in
-    train mode only): (..., obs) -> (..., act) in [-1, 1]."""
+    train mode only): (..., obs) -> (..., act) in [-1, 1]. With ``actor_init_w`` the output layer's
+    weights and biases start ~ U(-w, w) (official SPOT.py)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig):
         super().__init__()
         self.net = mlp(obs_dim, act_dim, cfg.hidden_dim, cfg.n_hidden, cfg.actor_dropout)
+        if cfg.actor_init_w is not None:
+            for p in self.net[-1].parameters():
+                nn.init.uniform_(p, -cfg.actor_init_w, cfg.actor_init_w)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(s))
@@ -215,7 +227,8 @@ class VectorizedLinear(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Twin critics Q_1, Q_2 (each (s, a) -> hidden x n_hidden -> 1, ReLU) as one ensemble."""
+    """Twin critics Q_1, Q_2 (each (s, a) -> hidden x n_hidden -> 1, ReLU) as one ensemble. With
+    ``critic_init_w`` the output layers' weights and biases start ~ U(-w, w) (official SPOT.py)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: TrainConfig, n: int = 2):
         super().__init__()
@@ -225,6 +238,9 @@ class TwinQ(nn.Module):
             layers += [VectorizedLinear(d_in, d_out, n), nn.ReLU()]
         self.net = nn.Sequential(*layers, VectorizedLinear(dims[-1], 1, n))
         self.n = n
+        if cfg.critic_init_w is not None:
+            for p in self.net[-1].parameters():
+                nn.init.uniform_(p, -cfg.critic_init_w, cfg.critic_init_w)
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """s (B, obs), a (..., B, act) -> Q values (n, ..., B)."""
@@ -412,7 +428,7 @@ class Agent:
 # Everything below this banner is the same, line for line, in every file of algorithms/
 # (tests/test_plumbing.py fails when a copy drifts; `python tools/plumbing.py --write` copies
 # this file's block into the others). The algorithm above plugs in through ALGORITHM,
-# TrainConfig, check_config(cfg), reward_transform(cfg, data) and Agent, which has
+# TrainConfig, check_config(cfg), preprocessing(cfg, data) and Agent, which has
 #   update(s, a, r, s_next, done, step) -> losses  act(obs) -> action  state_dict/load_state_dict
 # and where the algorithm has them: pretrain_steps, pretrain_update(s, a, r, s_next, done) and
 # end_pretraining(run_dir) (a phase before the offline updates: SPOT's VAE, POR's behaviour
@@ -447,6 +463,15 @@ def validate(cfg: TrainConfig) -> None:
 D4RL_ENVS = {"halfcheetah": ("HalfCheetah-v4", -280.178953, 12135.0),
              "hopper": ("Hopper-v4", -20.272305, 3234.3),
              "walker2d": ("Walker2d-v4", 1.629008, 4592.3)}
+# D4RL AntMaze files by maze: the Gymnasium-Robotics env that replays them and D4RL's evaluation
+# map (d4rl/locomotion/maze_env.py U_MAZE_TEST, BIG_MAZE_TEST, HARDEST_MAZE_TEST; 1 wall, 0 free,
+# r start, g the goal); references 0 and 1 (success); episodes of 700 / 1000 steps, as registered.
+D4RL_MAZES = {"umaze": ("AntMaze_UMaze-v4", ["11111", "1r001", "11101", "1g001", "11111"]),
+              "medium": ("AntMaze_Medium-v4", ["11111111", "1r011001", "10010001", "11000111", "10010001",
+                                               "10100101", "100010g1", "11111111"]),
+              "large": ("AntMaze_Large-v4", ["111111111111", "1r0001000001", "101101010101", "100000010001",
+                                             "101111011101", "100101000001", "110101010111", "100100010g01",
+                                             "111111111111"])}
 
 
 @dataclass
@@ -463,7 +488,8 @@ class Dataset:
     ref_max: Optional[float]
     name: str
     files: List[Path]  # the files read (their checksums go into run_info.json)
-    goal_reaching: bool = False  # a maze task: Dict observations with a desired_goal, scored by success
+    goal_reaching: bool = False  # a maze task (Dict observations with a desired_goal, or D4RL AntMaze): success
+    d4rl_maze: Optional[str] = None  # a D4RL AntMaze file's maze (umaze | medium | large): see D4RLAntMaze
 
 
 def flatten_observations(obs, space: gym.Space) -> np.ndarray:
@@ -505,10 +531,12 @@ def read_hdf5(path: Path, keys) -> Dict[str, np.ndarray]:
 
 
 def d4rl_transitions(path: Path) -> Tuple[np.ndarray, ...]:
-    """A D4RL -v2 locomotion HDF5 file -> transitions as ``d4rl.qlearning_dataset`` makes them:
-    pairs (obs[i], obs[i+1]) for i < N-1, dropping every i with ``timeouts[i]`` (the episode's last
-    step), done = ``terminals[i]``; and the returns of the episodes (cut after terminals and
-    timeouts, the trailing unfinished one dropped)."""
+    """A D4RL -v2 HDF5 file -> transitions as ``d4rl.qlearning_dataset`` makes them, the rule the
+    official IQL, SPOT, POR and CORL code all train on: pairs (obs[i], obs[i+1]) for i < N-1, dropping
+    every i with ``timeouts[i]`` (the episode's last step), done = ``terminals[i]``. qlearning_dataset
+    has no AntMaze case: there ``terminals[i]`` marks obs[i+1] within 0.5 of the goal (the data's
+    trajectories run on through it), so reaching the goal ends bootstrapping. Also the returns of the
+    episodes (cut after terminals and timeouts, the trailing unfinished one dropped)."""
     d = read_hdf5(path, ("observations", "actions", "rewards", "terminals", "timeouts"))
     obs, act, rew, term, timeout = (d[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts"))
     keep = ~timeout[:-1].astype(bool)
@@ -567,13 +595,15 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
                          "datasets/local/<env>/<level>-v0; D4RL -v2 files are <name>.hdf5 from "
                          "python tools/fetch_d4rl.py (default folder ~/.d4rl/datasets).")
     if path is not None and path.suffix in (".hdf5", ".h5"):
-        robot = path.name.split("-")[0].lower()
-        env_id, ref_min, ref_max = D4RL_ENVS.get(robot, (None, None, None))
+        robot, maze = (path.name.split("-") + [""])[:2]
+        if robot == "antmaze" and maze in D4RL_MAZES:
+            return Dataset(*d4rl_transitions(path), d4rl_maze_spec(maze), 0.0, 1.0, path.stem, [path], True, maze)
+        env_id, ref_min, ref_max = D4RL_ENVS.get(robot.lower(), (None, None, None))
         if cfg.env is None and env_id is None:
             raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
-                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5); set env, ref_min_score, ref_max_score")
-        spec = gym.spec(env_id) if env_id else None
-        return Dataset(*d4rl_transitions(path), spec, ref_min, ref_max, path.stem, [path])
+                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5 or antmaze-<{'|'.join(D4RL_MAZES)}>-<...>-v2.hdf5); "
+                             "set env, ref_min_score, ref_max_score")
+        return Dataset(*d4rl_transitions(path), gym.spec(env_id) if env_id else None, ref_min, ref_max, path.stem, [path])
     ds = load_minari(cfg)
     meta = ds.storage.metadata
     name = meta.get("dataset_id", str(path)).replace("/", "-")
@@ -600,7 +630,7 @@ class Normalizer(nn.Module):
 
 class ReplayBuffer:
     """Transitions as tensors on the training device: the offline dataset, then the online steps
-    (``add``). States are stored normalised and rewards as scale * r + shift (``reward_transform``),
+    (``add``). States are stored normalised and rewards as scale * r + shift (``preprocessing``),
     both once on the way in; ``sample`` draws a uniform batch over everything stored."""
 
     def __init__(self, data: Dataset, normalizer: Normalizer, reward_scale: float, reward_shift: float,
@@ -632,14 +662,86 @@ class ReplayBuffer:
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def make_env(spec: gym.envs.registration.EnvSpec, n: Optional[int] = None, **kwargs) -> gym.Env:
-    """The env of ``spec`` (a vector env of ``n`` sub-envs stepped together when ``n``), its
-    Dict observations flattened as ``flatten_observations`` flattens the data."""
-    flat = [gym.wrappers.FlattenObservation] if isinstance(gym.make(spec).observation_space, gym.spaces.Dict) else []
+def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of ``env_id``; Gymnasium-Robotics (the maze envs) registers on import."""
+    if env_id not in gym.registry:
+        import gymnasium_robotics  # noqa: F401
+    return gym.spec(env_id)
+
+
+def d4rl_maze_spec(maze: str) -> gym.envs.registration.EnvSpec:
+    """The Gymnasium-Robotics AntMaze-v4 env of a D4RL AntMaze file: D4RL's evaluation map with its
+    rows reversed (Gymnasium-Robotics puts row 0 at the top, D4RL at the bottom, so the same walls
+    need the reversed list), the one start cell and goal cell, and the episode ending at the goal
+    (D4RL's eval=True): continuing_task false, reset_target false."""
+    env_id, rows = D4RL_MAZES[maze]
+    maze_map = [[int(c) if c.isdigit() else c for c in row] for row in reversed(rows)]
+    spec = env_spec(env_id)
+    return dataclasses.replace(spec, kwargs={**spec.kwargs, "maze_map": maze_map, "continuing_task": False,
+                                             "reset_target": False})
+
+
+class D4RLAntMaze(gym.ObservationWrapper):
+    """A Gymnasium-Robotics AntMaze-v4 env as D4RL's antmaze-*-v2 saw the world.
+    Observation (29,): D4RL's [x, y, qpos[2:15], qvel[:14]] (d4rl/locomotion/ant.py, expose_all_qpos),
+    i.e. the env's achieved_goal moved to D4RL's frame (start cell at the origin: a translation, as
+    ``d4rl_maze_spec`` mirrors the rows) followed by its 27-wide ``observation``. Dynamics as D4RL's
+    ant.xml: torque 30 per unit action (Gymnasium's ant: gear 150), timestep 0.02 s (0.01), contact
+    solimp (0.8, 0.8, 0.01) on every geom. Still unlike D4RL's mujoco-py env: MuJoCo 4 instead of
+    2.x; success within 0.45 of the goal (D4RL 0.5); the goal noised by U(-1, 1) per axis around the
+    goal cell's centre (D4RL: U(0, 1.5) from it); start noise U(-1, 1) on x, y and none on the joints
+    (D4RL: U(-0.1, 0.1) on every qpos, 0.1 N(0, 1) on qvel). Scores on it are near, not equal, to
+    the papers' antmaze numbers."""
+
+    def __init__(self, env: gym.Env, maze: str):
+        super().__init__(env)
+        maze_env = env.unwrapped
+        rows = D4RL_MAZES[maze][1]
+        i, j = next((i, row.index("r")) for i, row in enumerate(rows) if "r" in row)
+        s = maze_env.maze.maze_size_scaling  # D4RL: x = (col - j) s, y = (row - i) s from the start cell
+        self.offset = np.array([(j + 0.5) * s - maze_env.maze.x_map_center, (i + 0.5) * s - maze_env.maze.y_map_center])
+        model = maze_env.ant_env.model
+        model.opt.timestep, model.actuator_gear[:, 0] = 0.02, 30.0
+        model.geom_solimp[:] = (0.8, 0.8, 0.01, 0.5, 2.0)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float64)
+
+    def observation(self, obs: dict) -> np.ndarray:
+        return np.concatenate([obs["achieved_goal"] - self.offset, obs["observation"]])
+
+
+def make_env(task: dict, n: Optional[int] = None, **kwargs) -> gym.Env:
+    """The evaluation env of ``task`` (a vector env of ``n`` sub-envs stepped together when ``n``),
+    observing as the data does: Dict observations flattened as ``flatten_observations`` flattens
+    them, D4RL AntMaze files' envs through ``D4RLAntMaze``."""
+    spec = gym.envs.registration.EnvSpec.from_json(task["env_spec"])
+    if task.get("d4rl_maze"):
+        wrap = [lambda env: D4RLAntMaze(env, task["d4rl_maze"])]
+    else:
+        wrap = [gym.wrappers.FlattenObservation] if isinstance(gym.make(spec).observation_space, gym.spaces.Dict) else []
     if n is None:
         env = gym.make(spec, **kwargs)
-        return flat[0](env) if flat else env
-    return gym.make_vec(spec, num_envs=n, vectorization_mode="sync", wrappers=flat, **kwargs)
+        return wrap[0](env) if wrap else env
+    return gym.make_vec(spec, num_envs=n, vectorization_mode="sync", wrappers=wrap, **kwargs)
+
+
+def check_maze(task: dict, data: Dataset, envs: gym.vector.VectorEnv) -> None:
+    """Refuse a maze dataset whose states do not lie in the evaluation env's corridors (the data's
+    x, y: the first two state entries, D4RL's or achieved_goal): the env's walls, or its coordinates,
+    are not the data's. More than 1% of states inside walls or off the map raises InputError."""
+    maze_env, offset = envs.envs[0].unwrapped, getattr(envs.envs[0], "offset", np.zeros(2))
+    maze = maze_env.maze
+    xy = data.states[:, :2] + offset
+    row = np.floor((maze.y_map_center - xy[:, 1]) / maze.maze_size_scaling).astype(int)
+    col = np.floor((xy[:, 0] + maze.x_map_center) / maze.maze_size_scaling).astype(int)
+    walls = np.array([[cell == 1 for cell in r] for r in maze.maze_map])
+    inside = (row >= 0) & (row < walls.shape[0]) & (col >= 0) & (col < walls.shape[1])
+    bad = ~inside
+    bad[inside] = walls[row[inside], col[inside]]
+    if bad.mean() > 0.01:
+        raise InputError(f"{bad.mean():.0%} of the states of {data.name} lie inside walls or outside the maze of "
+                         f"the evaluation env {maze_env.spec.id if maze_env.spec else ''}: the data and the env "
+                         "disagree on the maze or its coordinates. Use the dataset's own env (drop env), or a "
+                         "D4RL file named antmaze-<umaze|medium|large>-<variant>-v2.hdf5")
 
 
 @torch.no_grad()
@@ -677,7 +779,7 @@ def record_video(task: dict, agent, seed: int, path: Path, device: torch.device)
     import imageio
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")
-    env = make_env(gym.envs.registration.EnvSpec.from_json(task["env_spec"]), render_mode="rgb_array")
+    env = make_env(task, render_mode="rgb_array")
     fps = env.metadata.get("render_fps", 30)
     skip = max(1, round(fps / 30))
     obs, _ = env.reset(seed=seed)
@@ -792,8 +894,8 @@ class OnlineEnv:
     actions and continues exactly where it stopped; when the replayed observations differ from
     the stored ones (an env that is not deterministic), the resume starts a fresh episode."""
 
-    def __init__(self, spec, agent, buffer: ReplayBuffer, seed: int, device: torch.device):
-        self.env, self.agent, self.buffer, self.seed, self.device = make_env(spec), agent, buffer, seed, device
+    def __init__(self, task: dict, agent, buffer: ReplayBuffer, seed: int, device: torch.device):
+        self.env, self.agent, self.buffer, self.seed, self.device = make_env(task), agent, buffer, seed, device
         self.episode, self.start, self.ret = 0, buffer.size, 0.0
         self.obs, _ = self.env.reset(seed=seed + 10_000)
 
@@ -861,14 +963,19 @@ class LossLog:
 
 def task_of(cfg: TrainConfig, data: Dataset) -> dict:
     """What evaluating a policy on the dataset's task needs: the env spec (JSON), the references,
-    whether it is goal-reaching (scored by success rate), the episodes per evaluation."""
-    spec = gym.spec(cfg.env) if cfg.env else data.env_spec
+    whether it is goal-reaching (scored by success rate), a D4RL AntMaze file's maze, the episodes
+    per evaluation. Raises InputError when ``env`` gives a maze dataset another maze layout."""
+    spec = env_spec(cfg.env) if cfg.env else data.env_spec
     if spec is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
+    layout = lambda s: s.kwargs.get("maze_map") or env_spec(s.id).kwargs.get("maze_map")  # noqa: E731
+    if cfg.env and data.goal_reaching and data.env_spec and layout(spec) != layout(data.env_spec):
+        raise InputError(f"env {cfg.env} has another maze layout (walls, start or goal cells) than {data.name}'s "
+                         f"evaluation env {data.env_spec.id}; drop env to evaluate on the dataset's own maze")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     return {"env_spec": spec.to_json(), "ref_min": ref_min, "ref_max": ref_max, "goal_reaching": data.goal_reaching,
-            "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
+            "d4rl_maze": None if cfg.env else data.d4rl_maze, "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -911,12 +1018,14 @@ def train(cfg: TrainConfig) -> Path:
     data = load_dataset(cfg)
     task = task_of(cfg, data)
     spec = gym.envs.registration.EnvSpec.from_json(task["env_spec"])
-    envs = make_env(spec, task["n_episodes"])
+    envs = make_env(task, task["n_episodes"])
     obs_dim, act_dim, n_data = data.states.shape[1], data.actions.shape[1], len(data.rewards)
     if envs.single_observation_space.shape != (obs_dim,) or envs.single_action_space.shape != (act_dim,):
         raise InputError(f"dataset {data.name} has observations ({obs_dim},) and actions ({act_dim},) "
                          f"but env {spec.id} has {envs.single_observation_space.shape} and "
                          f"{envs.single_action_space.shape}; set env to the dataset's env")
+    if data.goal_reaching:
+        check_maze(task, data, envs)
     if (cfg.buffer_size or n_data + cfg.online_steps) < n_data + cfg.online_steps:
         raise InputError(f"buffer_size {cfg.buffer_size} cannot hold the dataset's {n_data} transitions plus "
                          f"online_steps {cfg.online_steps}; set buffer_size >= {n_data + cfg.online_steps} or null")
@@ -924,9 +1033,10 @@ def train(cfg: TrainConfig) -> Path:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim, data.states if cfg.normalize else None), device)
-    buffer = ReplayBuffer(data, agent.normalizer, *reward_transform(cfg, data),
-                          cfg.buffer_size or n_data + cfg.online_steps, device)
+    normalize, reward_scale, reward_shift = preprocessing(cfg, data)
+    agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim, data.states if normalize else None), device)
+    buffer = ReplayBuffer(data, agent.normalizer, reward_scale, reward_shift, cfg.buffer_size or n_data + cfg.online_steps,
+                          device)
     update = torch.compile(agent.update) if cfg.torch_compile else agent.update
     pretrain_steps = getattr(agent, "pretrain_steps", 0)
     run_dir = open_run(cfg, data, device)
@@ -939,7 +1049,7 @@ def train(cfg: TrainConfig) -> Path:
     step, total, saved = progress["step"], cfg.max_timesteps + cfg.online_steps, progress["step"] if cfg.resume else None
     if pretrain_steps and step >= 0:
         agent.end_pretraining(run_dir)
-    online = OnlineEnv(spec, agent, buffer, cfg.seed, device) if cfg.online_steps else None
+    online = OnlineEnv(task, agent, buffer, cfg.seed, device) if cfg.online_steps else None
     if online and progress["online"] and not online.load_state_dict(progress["online"]):
         print("note: the env did not replay the unfinished online episode; a fresh one starts")
     print(f"{ALGORITHM} on {data.name}: {n_data} transitions, env {spec.id}, device {device}, run dir {run_dir}"
@@ -1035,7 +1145,7 @@ def evaluate_run(cfg: TrainConfig) -> dict:
     task = {**state["task"], "n_episodes": cfg.n_episodes or state["task"]["n_episodes"]}
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
-    envs = make_env(gym.envs.registration.EnvSpec.from_json(task["env_spec"]), task["n_episodes"])
+    envs = make_env(task, task["n_episodes"])
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim), device)
     agent.load_state_dict(state["agent"])

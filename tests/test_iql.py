@@ -38,8 +38,8 @@ def test_reward_scale_uses_official_trajectory_split(iql):
     data = dataset(iql, s, np.full((5, 1), 0.9999999), [1, 2, 3, 4, 10], s2, [0, 1, 0, 0, 0])
     assert iql.return_range(data) == (3.0, 10.0)
     cfg = iql.TrainConfig(dataset_id="x")
-    assert iql.reward_transform(cfg, data) == (pytest.approx(1000 / 7), 0.0)
-    buffer = iql.ReplayBuffer(data, iql.Normalizer(1), *iql.reward_transform(cfg, data), 5, torch.device("cpu"))
+    assert iql.preprocessing(cfg, data) == (False, pytest.approx(1000 / 7), 0.0)
+    buffer = iql.ReplayBuffer(data, iql.Normalizer(1), *iql.preprocessing(cfg, data)[1:], 5, torch.device("cpu"))
     torch.testing.assert_close(buffer.rewards, torch.tensor([1.0, 2, 3, 4, 10]) * 1000 / 7)
 
 

@@ -155,11 +155,11 @@ def test_reward_scale_uses_por_trajectory_split(por):
     data = dataset(por, np.zeros((n, 1)), np.full((n, 1), 1.5), [1, 2, 3, 4, 10, 5], np.zeros((n, 1)), [0, 0, 1, 0, 0, 0])
     assert por.return_range(data, 2) == (3.0, 14.0)
     cfg = por.TrainConfig(dataset_id="x", max_episode_steps=2)
-    assert por.reward_transform(cfg, data) == (1000 / 11, 0.0)
-    buffer = por.ReplayBuffer(data, por.Normalizer(1), *por.reward_transform(cfg, data), n, torch.device("cpu"))
+    assert por.preprocessing(cfg, data) == (False, 1000 / 11, 0.0)
+    buffer = por.ReplayBuffer(data, por.Normalizer(1), *por.preprocessing(cfg, data)[1:], n, torch.device("cpu"))
     torch.testing.assert_close(buffer.rewards, torch.tensor([1.0, 2, 3, 4, 10, 5]) * 1000 / 11)
     assert buffer.actions.max().item() == 1.5  # not clipped (official POR)
-    assert por.reward_transform(por.TrainConfig(dataset_id="x", normalize_reward=False), data) == (1.0, 0.0)
+    assert por.preprocessing(por.TrainConfig(dataset_id="x", normalize_reward=False), data) == (False, 1.0, 0.0)
 
 
 # --------------------------------------------------------------------------------- training

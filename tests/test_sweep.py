@@ -1,4 +1,4 @@
-"""results/sweep.py on a local Ray instance: tiny real runs on the shipped data."""
+"""tools/sweep.py on a local Ray instance: tiny real runs on the shipped data."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ TINY_SETS = ["max_timesteps=200", "eval_freq=100", "n_episodes=2", "hidden_dim=3
 
 
 def sweep(tmp_path, *extra):
-    cmd = [sys.executable, str(ROOT / "results" / "sweep.py"), "--configs", "local/hopper/medium-replay",
+    cmd = [sys.executable, str(ROOT / "tools" / "sweep.py"), "--configs", "local/hopper/medium-replay",
            "--out", str(tmp_path / "runs"), "--num-cpus", "2"]
     for s in TINY_SETS:
         cmd += ["--set", s]

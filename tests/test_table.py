@@ -1,4 +1,4 @@
-"""results/table.py: last/best maths over seeds, paper column, data mean, outputs, bad run names."""
+"""tools/table.py: last/best maths over seeds, paper column, data mean, outputs, bad run names."""
 import importlib.util
 import json
 
@@ -11,7 +11,7 @@ from conftest import ROOT, SHIPPED
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("table", ROOT / "results" / "table.py")
+    spec = importlib.util.spec_from_file_location("table", ROOT / "tools" / "table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

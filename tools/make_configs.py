@@ -9,6 +9,12 @@ Suites (folder under configs/<algorithm>/ -> data):
   local/hopper/<level>   the shipped Minari datasets, datasets/local/hopper/<level>-v0
   minari/<env>/<level>   Minari's mujoco/<env>/<level>-v0 (downloaded when missing: download true)
   d4rl/<env>/<level>     D4RL -v2 files, ~/.d4rl/datasets/<env>-<level>-v2.hdf5 (tools/fetch_d4rl.py)
+  local/pointmaze/<maze> the shipped PointMaze datasets, datasets/local/pointmaze/<maze>-v0
+  minari/antmaze/<name>  Minari's D4RL/antmaze/<name>-v1 (downloaded when missing)
+  d4rl/antmaze/<name>    D4RL AntMaze -v2 files, ~/.d4rl/datasets/antmaze-<name>-v2.hdf5
+The maze values are the official AntMaze ones per algorithm (maze_values); the shipped PointMaze
+data take those of the AntMaze dataset nearest in kind: umaze -> antmaze umaze, medium (goals drawn
+anew all the time, like the "diverse" data) -> antmaze medium-diverse.
 """
 import argparse
 import dataclasses
@@ -23,6 +29,8 @@ ALGORITHMS = ["iac_cpe", "td3_bc", "iql", "awac", "spot", "por"]
 LOCOMOTION = ["halfcheetah", "hopper", "walker2d"]
 D4RL_LEVELS = ["random", "medium", "medium-replay", "medium-expert", "expert"]
 MINARI_LEVELS = ["simple", "medium", "expert"]
+ANTMAZE = ["umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"]
+POINTMAZE = {"umaze": "umaze", "medium": "medium-diverse"}  # shipped PointMaze -> the AntMaze values it takes
 
 # SPOT lambda, official configs/offline/<env>-<level>-v2.yml; random and expert (never run by the
 # authors) take the env's medium and medium-expert values; Minari simple takes the medium value.
@@ -36,6 +44,8 @@ POR_HOPPER = {"low": dict(guide="por_q", expectile=0.7, alpha=50.0, layer_norm=F
 def level_values(algo: str, env: str, level: str) -> dict:
     """The per-dataset values of ``algo`` on a locomotion dataset (any suite)."""
     out = {"n_episodes": 10}  # the D4RL protocol: 10 evaluation episodes
+    if algo == "spot":
+        out["normalize"] = True  # official on locomotion (the file's null means: by task)
     if algo == "awac":
         out["eval_freq"] = 1000  # CORL evaluates AWAC every 1000 steps
     if algo == "spot":
@@ -47,8 +57,32 @@ def level_values(algo: str, env: str, level: str) -> dict:
     return out
 
 
+# SPOT lambda on AntMaze, official configs/offline/antmaze-<name>-v2.yml
+SPOT_ANTMAZE_LAMBDA = {"umaze": 0.25, "umaze-diverse": 0.25, "medium-play": 0.05, "medium-diverse": 0.025,
+                       "large-play": 0.025, "large-diverse": 0.025}
+
+
+def maze_values(algo: str, name: str) -> dict:
+    """The per-dataset values of ``algo`` on AntMaze dataset ``name`` (and the PointMaze data that
+    take its values). Sources: IQL configs/antmaze_config.py and its README command; SPOT
+    configs/offline/antmaze-*.yml; POR run_antmaze_por.sh; CORL configs/offline/{td3_bc,awac}/antmaze;
+    IAC-CPE has no AntMaze numbers: ours, by analogy (beta 10 = IQL's AntMaze temperature and CORL
+    AWAC's 1 / awac_lambda, SPOT's evaluation cadence)."""
+    return {
+        "iac_cpe": dict(beta=10.0, n_episodes=100, eval_freq=50000),
+        "td3_bc": dict(n_episodes=100, eval_freq=5000),
+        "iql": dict(expectile=0.9, beta=10.0, n_episodes=100, eval_freq=100000),
+        "awac": dict(awac_lambda=0.1, n_episodes=100, eval_freq=1000),
+        "spot": dict(lambda_=SPOT_ANTMAZE_LAMBDA[name], actor_lr=1e-4, actor_dropout=0.0, actor_init_w=0.001,
+                     critic_init_w=0.003, normalize=False, n_episodes=100, eval_freq=50000),
+        "por": dict(guide="por_r", expectile=0.9, alpha=10.0, layer_norm=False,
+                    policy_lr=1e-3 if name.startswith("umaze") else 1e-4, n_episodes=50, eval_freq=10000),
+    }[algo]
+
+
 def suites() -> dict:
-    """{relative path under configs/<algo>/: (data fields, env, level)} for every dataset."""
+    """{relative path under configs/<algo>/: (data fields, env, level)} for every dataset; mazes have
+    env "antmaze" and the AntMaze dataset whose values they take as level."""
     out = {}
     for level in D4RL_LEVELS:
         out[f"local/hopper/{level}"] = ({"dataset_path": f"datasets/local/hopper/{level}-v0"}, "hopper", level)
@@ -57,6 +91,11 @@ def suites() -> dict:
             out[f"minari/{env}/{level}"] = ({"dataset_id": f"mujoco/{env}/{level}-v0", "download": True}, env, level)
         for level in D4RL_LEVELS:
             out[f"d4rl/{env}/{level}"] = ({"dataset_path": f"~/.d4rl/datasets/{env}-{level}-v2.hdf5"}, env, level)
+    for maze, like in POINTMAZE.items():
+        out[f"local/pointmaze/{maze}"] = ({"dataset_path": f"datasets/local/pointmaze/{maze}-v0"}, "antmaze", like)
+    for name in ANTMAZE:
+        out[f"minari/antmaze/{name}"] = ({"dataset_id": f"D4RL/antmaze/{name}-v1", "download": True}, "antmaze", name)
+        out[f"d4rl/antmaze/{name}"] = ({"dataset_path": f"~/.d4rl/datasets/antmaze-{name}-v2.hdf5"}, "antmaze", name)
     return out
 
 
@@ -74,7 +113,8 @@ def configs() -> dict:
         config_class = load_config_class(algo)
         defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
         for rel, (data, env, level) in suites().items():
-            values = {**defaults, **data, **level_values(algo, env, level)}
+            per_dataset = maze_values(algo, level) if env == "antmaze" else level_values(algo, env, level)
+            values = {**defaults, **data, **per_dataset}
             out[ROOT / "configs" / algo / f"{rel}.yaml"] = yaml.safe_dump(values, sort_keys=False)
     # the README's first command: IAC-CPE on the shipped Hopper medium data, short
     quick = yaml.safe_load(out[ROOT / "configs/iac_cpe/local/hopper/medium.yaml"])

@@ -7,7 +7,7 @@ each file must read the same everywhere:
   - the shared config fields: from the ``# ---- data, evaluation and run`` line of ``TrainConfig``
     to the end of the class;
   - the shared block: from the ``SHARED PLUMBING`` banner to the end of the file.
-Everything else (the docstring, the algorithm's config fields, check_config, reward_transform,
+Everything else (the docstring, the algorithm's config fields, check_config, preprocessing,
 the networks, the losses and Agent) is the algorithm's own.
 
     python tools/plumbing.py              # exit 1 and name the files whose copy drifted

@@ -17,7 +17,7 @@ that fails twice is listed at the end and does not stop the others. Ctrl-C stops
 (each keeps its last checkpoint) and leaves every finished run as it is.
 
 Usage (the Hopper sweep in results/hopper_local.md):
-    python results/sweep.py --algorithms iac_cpe td3_bc iql awac spot por \
+    python tools/sweep.py --algorithms iac_cpe td3_bc iql awac spot por \
         --configs local/hopper/medium-replay local/hopper/medium --seeds 0 1 2 \
         --set max_timesteps=10000 --set eval_freq=2000 --set spot.vae_steps=10000 \
         --out runs/hopper_local --table results/hopper_local
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="[ALGO.]KEY=VALUE",
                    help="config override for every run, or for one algorithm's runs")
     p.add_argument("--out", default="runs/sweep", help="directory of the run directories")
-    p.add_argument("--table", default=None, help="when done, write results/table.py output here")
+    p.add_argument("--table", default=None, help="when done, write tools/table.py output here")
     p.add_argument("--title", default=None, help="title of the table (with --table)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting one")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray: cores to use (default all)")
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_command.txt").write_text(shlex.join(["python", "results/sweep.py"] + list(
+    (out / "sweep_command.txt").write_text(shlex.join(["python", "tools/sweep.py"] + list(
         sys.argv[1:] if argv is None else argv)) + "\n")
     todo = [r for r in runs if state(r) != "finished"]
     print(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run")
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     if failed:
         print(f"{len(failed)} runs failed twice (logs in {out}/<name>.log): {', '.join(failed)}")
     if args.table:
-        table = [sys.executable, str(ROOT / "results" / "table.py"), str(out), "--out", args.table]
+        table = [sys.executable, str(ROOT / "tools" / "table.py"), str(out), "--out", args.table]
         table += ["--title", args.title] if args.title else []
         subprocess.run(table, check=True)
     return 1 if failed else 0

@@ -14,7 +14,7 @@ The algorithm of a run is the start of its directory name up to the first '-' (`
 ``td3_bc-...``: the default names the algorithm files give), checked against ``algorithms/``.
 std is the population std over seeds (numpy's default, as CORL's tables).
 
-Usage: python results/table.py runs/sweep --out results/hopper_local [--title "..."] [--notes notes.md]
+Usage: python tools/table.py runs/sweep --out results/hopper_local [--title "..."] [--notes notes.md]
 """
 
 import argparse
@@ -30,7 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = sorted(p.stem for p in (ROOT / "algorithms").glob("*.py"))
-PAPER_SCORES = Path(__file__).with_name("paper_scores.csv")
+PAPER_SCORES = ROOT / "results" / "paper_scores.csv"
 
 
 def find_runs(paths) -> list:
@@ -46,7 +46,7 @@ def find_runs(paths) -> list:
 
 def dataset_folder(cfg: dict) -> Path:
     """The run's dataset_path; a relative one is read from the repository root when it is not
-    found from the working directory (runs started by results/sweep.py run from the root)."""
+    found from the working directory (runs started by tools/sweep.py run from the root)."""
     path = Path(cfg["dataset_path"]).expanduser()
     return path if path.is_absolute() or path.exists() else ROOT / path
 
@@ -181,7 +181,7 @@ def main(argv=None) -> None:
     table = summarise(runs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python results/table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python tools/table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     notes = "\n" + Path(args.notes).read_text() if args.notes else ""
     out.with_suffix(".md").write_text(markdown(table, args.title, command) + notes)
     table.to_csv(out.with_suffix(".csv"), index=False, float_format="%.2f")
