@@ -41,6 +41,13 @@ it for every seed; here phase 1 runs inside the run (1e5 steps, not train_vae.py
 ``vae_path`` reuses a trained VAE (a run directory, its vae.pt, or an official train_vae.py .pt:
 the layer names match) and skips phase 1. The official kill switch exits at once; here the check
 runs at each evaluation on the largest mean Q since the previous one (no host sync per step).
+Online fine-tuning (online_steps > 0; main_finetune.py, configs/online_finetune/antmaze-*.yml): after
+the offline updates the agent acts in the env with pi(s) (dropout off) + N(0, expl_noise^2) noise,
+every transition joins the same buffer, one update per env step; lambda_ cools linearly to
+lambd_end * lambda_ over the online steps (lambd_cool, ``cooled_lambda``), the discount may change
+(online_discount), the VAE stays frozen, and the optimisers carry on (official; CORL resets them and
+uses 0.995 on every maze). Online rewards pass through the same preprocessing as the data (on a
+maze the env's reward is 1 exactly at the terminal step, so this is main_finetune's rule).
 Metrics: phase-1 records have phase "pretrain" and step <= 0 (step = VAE steps done - vae_steps:
 the VAE losses every eval_freq VAE steps and at its end, no evaluation); the trained VAE is also
 written to <run dir>/vae.pt when phase 1 ends.
@@ -52,6 +59,7 @@ Usage: python algorithms/spot.py --config configs/spot/local/hopper/medium.yaml 
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -61,7 +69,6 @@ import random
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -109,6 +116,11 @@ class TrainConfig:
     latent_dim: Optional[int] = None  # None = 2 * action dim
     beta: float = 0.5  # KL weight; the decoder variance of the density model is beta / 4
     vae_lr: float = 1e-3
+    # online fine-tuning (main_finetune.py defaults; runs only with online_steps > 0)
+    expl_noise: float = 0.1  # exploration: pi(s) (dropout off) + N(0, expl_noise^2), clipped to [-1, 1]
+    lambd_cool: bool = True  # online: lambda_ * max(lambd_end, 1 - t / online_steps), t = online updates
+    lambd_end: float = 0.2
+    online_discount: Optional[float] = None  # online discount; None = discount (official large mazes: 0.995)
     # ---- data, evaluation and run: the same fields in every algorithm file
     dataset_id: Optional[str] = None  # Minari id, e.g. mujoco/hopper/medium-v0
     dataset_path: Optional[str] = None  # Minari dataset folder or D4RL .hdf5 file
@@ -151,6 +163,19 @@ def check_config(cfg: TrainConfig) -> None:
         raise InputError(f"actor_dropout must be in [0, 1), got {cfg.actor_dropout}")
     if not 0 < cfg.tau <= 1 or not 0 <= cfg.discount <= 1:
         raise InputError(f"tau must be in (0, 1] and discount in [0, 1]; got {cfg.tau}, {cfg.discount}")
+    if cfg.expl_noise < 0 or not 0 <= cfg.lambd_end <= 1 or not 0 <= (cfg.online_discount or 0) <= 1:
+        raise InputError(f"expl_noise must be >= 0, lambd_end and online_discount in [0, 1]; got {cfg.expl_noise}, "
+                         f"{cfg.lambd_end}, {cfg.online_discount}")
+
+
+def cooled_lambda(cfg: TrainConfig, step: int) -> float:
+    """The density weight at update ``step``: lambda_ offline; online, with ``lambd_cool``,
+    lambda_ * max(lambd_end, 1 - t / online_steps) with t = step - max_timesteps the online updates
+    done (SPOT.py train_online, whose 1e6 is its online budget; CORL finetune/spot.py alike)."""
+    t = step - cfg.max_timesteps
+    if t <= 0 or not cfg.lambd_cool:
+        return cfg.lambda_
+    return cfg.lambda_ * max(cfg.lambd_end, 1.0 - t / cfg.online_steps)
 
 
 def preprocessing(cfg: TrainConfig, data: "Dataset") -> Tuple[bool, float, float]:
@@ -366,12 +391,15 @@ class Agent:
     def update(self, s, a, r, s_next, done, step: int) -> Dict[str, torch.Tensor]:
         """Phase-2 iteration ``step`` (1-based) on a batch (shapes as ``ReplayBuffer.sample``): a
         critic step, and on every ``policy_freq``-th iteration an actor step and the target updates.
+        Online (step > max_timesteps) with online_discount and the cooled lambda (``cooled_lambda``).
         Returns detached losses (no host sync); actor terms only on actor steps."""
         cfg = self.cfg
+        online = step > cfg.max_timesteps
+        discount = cfg.online_discount if online and cfg.online_discount is not None else cfg.discount
         with torch.no_grad():  # target policy smoothing
             noise = (torch.randn_like(a) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
             a_next = (self.actor_target(s_next) + noise).clamp(-1, 1)
-            y = r + cfg.discount * (1 - done) * self.critic_target(s_next, a_next).min(0).values
+            y = r + discount * (1 - done) * self.critic_target(s_next, a_next).min(0).values
         q = self.critic(s, a)
         loss_q = critic_loss(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -385,7 +413,7 @@ class Agent:
         self.critic.requires_grad_(False)  # the actor step needs dQ/da, not the critic's weight grads
         q_pi = self.critic.q1(s, pi)
         n = neg_log_density(self.vae, s, pi, cfg.beta, cfg.num_samples, cfg.iwae)
-        loss_pi = spot_actor_loss(q_pi, n, cfg.lambda_, cfg.q_norm)
+        loss_pi = spot_actor_loss(q_pi, n, cooled_lambda(cfg, step), cfg.q_norm)
         self.actor_opt.zero_grad(set_to_none=True)
         loss_pi.backward()
         self.critic.requires_grad_(True)
@@ -413,6 +441,12 @@ class Agent:
         action = self.actor(self.normalizer(obs))
         self.actor.train()
         return action
+
+    @torch.no_grad()
+    def explore(self, obs: torch.Tensor) -> torch.Tensor:
+        """Online exploration (main_finetune.py): pi(s) with dropout off + N(0, expl_noise^2), clipped."""
+        action = self.act(obs)
+        return (action + self.cfg.expl_noise * torch.randn_like(action)).clamp(-1, 1)
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k).state_dict() for k in ("normalizer", "vae", "vae_opt", "actor", "actor_target",
@@ -600,10 +634,11 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
             return Dataset(*d4rl_transitions(path), d4rl_maze_spec(maze), 0.0, 1.0, path.stem, [path], True, maze)
         env_id, ref_min, ref_max = D4RL_ENVS.get(robot.lower(), (None, None, None))
         if cfg.env is None and env_id is None:
-            raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
-                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5 or antmaze-<{'|'.join(D4RL_MAZES)}>-<...>-v2.hdf5); "
-                             "set env, ref_min_score, ref_max_score")
-        return Dataset(*d4rl_transitions(path), gym.spec(env_id) if env_id else None, ref_min, ref_max, path.stem, [path])
+            raise InputError(f"cannot tell the robot from the file name {path.name} (expected {'|'.join(D4RL_ENVS)}"
+                             f"-<level>-v2.hdf5 or antmaze-<{'|'.join(D4RL_MAZES)}>-<variant>-v2.hdf5); set env, "
+                             "ref_min_score, ref_max_score")
+        spec = gym.spec(env_id) if env_id else None
+        return Dataset(*d4rl_transitions(path), spec, ref_min, ref_max, path.stem, [path])
     ds = load_minari(cfg)
     meta = ds.storage.metadata
     name = meta.get("dataset_id", str(path)).replace("/", "-")
@@ -717,7 +752,8 @@ def make_env(task: dict, n: Optional[int] = None, **kwargs) -> gym.Env:
     if task.get("d4rl_maze"):
         wrap = [lambda env: D4RLAntMaze(env, task["d4rl_maze"])]
     else:
-        wrap = [gym.wrappers.FlattenObservation] if isinstance(gym.make(spec).observation_space, gym.spaces.Dict) else []
+        dict_obs = isinstance(gym.make(spec).observation_space, gym.spaces.Dict)
+        wrap = [gym.wrappers.FlattenObservation] if dict_obs else []
     if n is None:
         env = gym.make(spec, **kwargs)
         return wrap[0](env) if wrap else env
@@ -824,8 +860,8 @@ def run_info(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict:
             pass
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "versions": versions,
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                     f" ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"),
+            "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                      f"{device} ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
             "host": platform.node(), "dataset_sha256": {str(p): sha256(p) for p in data.files}}
 
 
@@ -975,7 +1011,8 @@ def task_of(cfg: TrainConfig, data: Dataset) -> dict:
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     return {"env_spec": spec.to_json(), "ref_min": ref_min, "ref_max": ref_max, "goal_reaching": data.goal_reaching,
-            "d4rl_maze": None if cfg.env else data.d4rl_maze, "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
+            "d4rl_maze": None if cfg.env else data.d4rl_maze,
+            "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -1035,8 +1072,8 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     normalize, reward_scale, reward_shift = preprocessing(cfg, data)
     agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim, data.states if normalize else None), device)
-    buffer = ReplayBuffer(data, agent.normalizer, reward_scale, reward_shift, cfg.buffer_size or n_data + cfg.online_steps,
-                          device)
+    capacity = cfg.buffer_size or n_data + cfg.online_steps
+    buffer = ReplayBuffer(data, agent.normalizer, reward_scale, reward_shift, capacity, device)
     update = torch.compile(agent.update) if cfg.torch_compile else agent.update
     pretrain_steps = getattr(agent, "pretrain_steps", 0)
     run_dir = open_run(cfg, data, device)
@@ -1046,7 +1083,8 @@ def train(cfg: TrainConfig) -> Path:
         progress = load_checkpoint(ckpt_path, agent, buffer)
         kept = [r for r in metrics_path.read_text().splitlines() if json.loads(r)["step"] <= progress["step"]]
         metrics_path.write_text("".join(r + "\n" for r in kept))  # drop records after the checkpoint
-    step, total, saved = progress["step"], cfg.max_timesteps + cfg.online_steps, progress["step"] if cfg.resume else None
+    step, total = progress["step"], cfg.max_timesteps + cfg.online_steps
+    saved = step if cfg.resume else None  # the step of the last checkpoint written
     if pretrain_steps and step >= 0:
         agent.end_pretraining(run_dir)
     online = OnlineEnv(task, agent, buffer, cfg.seed, device) if cfg.online_steps else None
@@ -1059,8 +1097,8 @@ def train(cfg: TrainConfig) -> Path:
               "normalized_score is null and raw returns are logged; set both fields to normalise.")
     mode = cfg.wandb_mode or os.environ.get("WANDB_MODE", "offline")
     try:
-        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name, resume="allow",
-                         dir=run_dir, mode=mode, config=asdict(cfg), settings=wandb.Settings(console="off", silent=True))
+        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name, resume="allow", dir=run_dir,
+                         mode=mode, config=asdict(cfg), settings=wandb.Settings(console="off", silent=True))
     except Exception as e:  # e.g. online mode without an API key
         raise InputError(f"wandb_mode={mode}: {e}. Run `wandb login`, or set wandb_mode: offline") from None
 
@@ -1157,8 +1195,8 @@ def evaluate_run(cfg: TrainConfig) -> dict:
               "normalized_score": None if score is None else float(score.mean()),
               "normalized_score_std": None if score is None else float(score.std())}
     if cfg.save_video:
-        result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" /
-                                           f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4", device))
+        name = f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" / name, device))
     with (run_dir / "evaluations.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
     print(f"{run_dir} at step {result['step']}, {task['n_episodes']} episodes: return "
@@ -1183,7 +1221,7 @@ def parse_config(argv=None) -> TrainConfig:
     run_base = str(Path(run) / "config.yaml") if run else None
     config_path = given.get("--config_path") or run_base
     if given.get("--config_path") and not Path(config_path).is_file():
-        raise InputError(f"--config: no config file {config_path}; check the path (configs live in configs/<algorithm>/)")
+        raise InputError(f"--config: no config file {config_path}; check the path (see configs/<algorithm>/)")
     if run and not given.get("--config_path") and not Path(run_base).is_file():
         raise InputError(f"{run} is not a run directory (no config.yaml); give one that a training run wrote")
     bools = {f.name for f in fields(TrainConfig) if f.type in ("bool", bool)}

@@ -21,6 +21,7 @@ Usage: python algorithms/td3_bc.py --config configs/td3_bc/local/hopper/medium.y
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,7 +31,6 @@ import random
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -105,7 +105,8 @@ def check_config(cfg: TrainConfig) -> None:
 
 def preprocessing(cfg: TrainConfig, data: "Dataset") -> Tuple[bool, float, float]:
     """(normalise states?, reward scale, reward shift): every reward becomes scale * r + shift, offline
-    and online. Raw rewards on locomotion data; r + goal_reward_shift on goal-reaching tasks (CORL's AntMaze configs)."""
+    and online. Raw rewards on locomotion data; r + goal_reward_shift on goal-reaching tasks (CORL's
+    AntMaze configs)."""
     return cfg.normalize, 1.0, cfg.goal_reward_shift if data.goal_reaching else 0.0
 
 
@@ -419,10 +420,11 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
             return Dataset(*d4rl_transitions(path), d4rl_maze_spec(maze), 0.0, 1.0, path.stem, [path], True, maze)
         env_id, ref_min, ref_max = D4RL_ENVS.get(robot.lower(), (None, None, None))
         if cfg.env is None and env_id is None:
-            raise InputError(f"cannot tell the robot from the file name {path.name} (expected "
-                             f"{'|'.join(D4RL_ENVS)}-<level>-v2.hdf5 or antmaze-<{'|'.join(D4RL_MAZES)}>-<...>-v2.hdf5); "
-                             "set env, ref_min_score, ref_max_score")
-        return Dataset(*d4rl_transitions(path), gym.spec(env_id) if env_id else None, ref_min, ref_max, path.stem, [path])
+            raise InputError(f"cannot tell the robot from the file name {path.name} (expected {'|'.join(D4RL_ENVS)}"
+                             f"-<level>-v2.hdf5 or antmaze-<{'|'.join(D4RL_MAZES)}>-<variant>-v2.hdf5); set env, "
+                             "ref_min_score, ref_max_score")
+        spec = gym.spec(env_id) if env_id else None
+        return Dataset(*d4rl_transitions(path), spec, ref_min, ref_max, path.stem, [path])
     ds = load_minari(cfg)
     meta = ds.storage.metadata
     name = meta.get("dataset_id", str(path)).replace("/", "-")
@@ -536,7 +538,8 @@ def make_env(task: dict, n: Optional[int] = None, **kwargs) -> gym.Env:
     if task.get("d4rl_maze"):
         wrap = [lambda env: D4RLAntMaze(env, task["d4rl_maze"])]
     else:
-        wrap = [gym.wrappers.FlattenObservation] if isinstance(gym.make(spec).observation_space, gym.spaces.Dict) else []
+        dict_obs = isinstance(gym.make(spec).observation_space, gym.spaces.Dict)
+        wrap = [gym.wrappers.FlattenObservation] if dict_obs else []
     if n is None:
         env = gym.make(spec, **kwargs)
         return wrap[0](env) if wrap else env
@@ -643,8 +646,8 @@ def run_info(cfg: TrainConfig, data: Dataset, device: torch.device) -> dict:
             pass
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "git_commit": commit, "git_dirty": dirty, "python": platform.python_version(), "versions": versions,
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                     f" ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"),
+            "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+                      f"{device} ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
             "host": platform.node(), "dataset_sha256": {str(p): sha256(p) for p in data.files}}
 
 
@@ -794,7 +797,8 @@ def task_of(cfg: TrainConfig, data: Dataset) -> dict:
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     return {"env_spec": spec.to_json(), "ref_min": ref_min, "ref_max": ref_max, "goal_reaching": data.goal_reaching,
-            "d4rl_maze": None if cfg.env else data.d4rl_maze, "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
+            "d4rl_maze": None if cfg.env else data.d4rl_maze,
+            "n_episodes": cfg.n_episodes or (100 if data.goal_reaching else 10)}
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -854,8 +858,8 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     normalize, reward_scale, reward_shift = preprocessing(cfg, data)
     agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim, data.states if normalize else None), device)
-    buffer = ReplayBuffer(data, agent.normalizer, reward_scale, reward_shift, cfg.buffer_size or n_data + cfg.online_steps,
-                          device)
+    capacity = cfg.buffer_size or n_data + cfg.online_steps
+    buffer = ReplayBuffer(data, agent.normalizer, reward_scale, reward_shift, capacity, device)
     update = torch.compile(agent.update) if cfg.torch_compile else agent.update
     pretrain_steps = getattr(agent, "pretrain_steps", 0)
     run_dir = open_run(cfg, data, device)
@@ -865,7 +869,8 @@ def train(cfg: TrainConfig) -> Path:
         progress = load_checkpoint(ckpt_path, agent, buffer)
         kept = [r for r in metrics_path.read_text().splitlines() if json.loads(r)["step"] <= progress["step"]]
         metrics_path.write_text("".join(r + "\n" for r in kept))  # drop records after the checkpoint
-    step, total, saved = progress["step"], cfg.max_timesteps + cfg.online_steps, progress["step"] if cfg.resume else None
+    step, total = progress["step"], cfg.max_timesteps + cfg.online_steps
+    saved = step if cfg.resume else None  # the step of the last checkpoint written
     if pretrain_steps and step >= 0:
         agent.end_pretraining(run_dir)
     online = OnlineEnv(task, agent, buffer, cfg.seed, device) if cfg.online_steps else None
@@ -878,8 +883,8 @@ def train(cfg: TrainConfig) -> Path:
               "normalized_score is null and raw returns are logged; set both fields to normalise.")
     mode = cfg.wandb_mode or os.environ.get("WANDB_MODE", "offline")
     try:
-        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name, resume="allow",
-                         dir=run_dir, mode=mode, config=asdict(cfg), settings=wandb.Settings(console="off", silent=True))
+        run = wandb.init(project=cfg.wandb_project, name=run_dir.name, id=run_dir.name, resume="allow", dir=run_dir,
+                         mode=mode, config=asdict(cfg), settings=wandb.Settings(console="off", silent=True))
     except Exception as e:  # e.g. online mode without an API key
         raise InputError(f"wandb_mode={mode}: {e}. Run `wandb login`, or set wandb_mode: offline") from None
 
@@ -976,8 +981,8 @@ def evaluate_run(cfg: TrainConfig) -> dict:
               "normalized_score": None if score is None else float(score.mean()),
               "normalized_score_std": None if score is None else float(score.std())}
     if cfg.save_video:
-        result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" /
-                                           f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4", device))
+        name = f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
+        result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" / name, device))
     with (run_dir / "evaluations.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
     print(f"{run_dir} at step {result['step']}, {task['n_episodes']} episodes: return "
@@ -1002,7 +1007,7 @@ def parse_config(argv=None) -> TrainConfig:
     run_base = str(Path(run) / "config.yaml") if run else None
     config_path = given.get("--config_path") or run_base
     if given.get("--config_path") and not Path(config_path).is_file():
-        raise InputError(f"--config: no config file {config_path}; check the path (configs live in configs/<algorithm>/)")
+        raise InputError(f"--config: no config file {config_path}; check the path (see configs/<algorithm>/)")
     if run and not given.get("--config_path") and not Path(run_base).is_file():
         raise InputError(f"{run} is not a run directory (no config.yaml); give one that a training run wrote")
     bools = {f.name for f in fields(TrainConfig) if f.type in ("bool", bool)}

@@ -39,6 +39,7 @@ the first ``--transitions`` rows are ever sampled, so ``--buffer-size`` only cha
 """
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import os
@@ -242,15 +243,16 @@ def main() -> None:
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "corl_file": ENTRIES[algo][0], "corl_step": ENTRIES[algo][1],
                            "batch_size": cfg.batch_size, "buffer_size": capacity,
-                           **throughput.profiled_matmuls(
-                               args, device, lambda n: time_updates(step, buffer, cfg.batch_size, n, device))}
+                           **throughput.profiled_matmuls(args, device, functools.partial(
+                               time_updates, step, buffer, cfg.batch_size, device=device))}
                     rows.append(row)
                     print(f"corl {algo:8s} {env:11s} {dev_name:4s} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"
                           + (f", matmul share {row['matmul_share']:.0%}" if row["matmul_share"] else ""))
     meta = throughput.run_meta(args, load_before, corl_dir=str(corl_dir), corl_commit=corl_commit(corl_dir),
                                stubbed_modules=["d4rl", "gym"])
-    note = f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}." + (" " + throughput.PROFILE_NOTE if args.profile else "")
+    note = f"CORL (tinkoff-ai/CORL) commit {meta['corl_commit']}."
+    note += " " + throughput.PROFILE_NOTE if args.profile else ""
     throughput.write_report(args, meta, rows, "CORL's step", note, throughput.PROFILE_COLUMNS if args.profile else (),
                             footer=["", "CORL step per algorithm (ReplayBuffer.sample + .to(device) + this call): "
                                     + "; ".join(f"{a}: `{ENTRIES[a][0]}` {ENTRIES[a][1]}" for a in args.algos) + "."])

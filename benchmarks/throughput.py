@@ -21,6 +21,7 @@ Writes ``results/throughput.md`` and ``results/throughput.json`` (``--out`` to c
 a 2-core CPU collapses when anything else runs, so the load average is checked and recorded.
 """
 import argparse
+import functools
 import importlib.util
 import itertools
 import json
@@ -204,8 +205,8 @@ def main() -> None:
                            "min": min(rates), "median": statistics.median(rates), "max": max(rates),
                            "eval_s": None if algo == "spot_vae" or not args.eval_episodes else
                            time_evaluation(mod, env, agent, device, args.eval_episodes),
-                           **profiled_matmuls(
-                               args, device, lambda n: time_updates(update, buffer, cfg.batch_size, n, device))}
+                           **profiled_matmuls(args, device, functools.partial(
+                               time_updates, update, buffer, cfg.batch_size, device=device))}
                     rows.append(row)
                     print(f"{algo:8s} {env:11s} {dev_name:4s} {mode} threads={threads}: median "
                           f"{row['median']:.0f} updates/s (min {row['min']:.0f}, max {row['max']:.0f})"

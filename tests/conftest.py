@@ -60,7 +60,8 @@ def tiny(mod) -> dict:
 
 def make_config(mod, tmp_path, **kw):
     """A tiny, fast config of algorithm module ``mod`` on the shipped Hopper medium-replay data."""
-    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t", **tiny(mod))
+    base = dict(dataset_path=str(SHIPPED / "medium-replay-v0"), output_dir=str(tmp_path / "runs"), name="t",
+                **tiny(mod))
     return mod.TrainConfig(**{**base, **kw})
 
 

@@ -67,7 +67,7 @@ def test_one_update_moves_actor_critic_and_both_targets_by_tau(iac_cpe):
                        torch.zeros(8), step=1)
     assert {"critic_loss", "actor_loss", "cpe_loss", "bc_loss", "q_mean"} == out.keys()
     for net, target in (("actor", "actor_target"), ("critic", "critic_target")):
-        for p0, p, t0, t in zip(before[net], getattr(agent, net).parameters(), before[target],
+        for p, t0, t in zip(getattr(agent, net).parameters(), before[target],
                                 getattr(agent, target).parameters()):
             torch.testing.assert_close(t, t0 + 0.25 * (p - t0))  # eq. (15) with the updated online net
         assert any(not torch.equal(a, b) for a, b in zip(before[net], getattr(agent, net).parameters()))

@@ -177,7 +177,8 @@ def test_success_rate_counts_episodes_that_reach_their_goal(iac_cpe, tmp_path):
     data = iac_cpe.load_dataset(make_config(iac_cpe, tmp_path, dataset_path=str(POINTMAZE / "umaze-v0")))
     task = iac_cpe.task_of(make_config(iac_cpe, tmp_path), data)
     envs = iac_cpe.make_env(task, 20)
-    controllers = [maker.WaypointController(e.unwrapped.maze, np.random.default_rng(i)) for i, e in enumerate(envs.envs)]
+    controllers = [maker.WaypointController(e.unwrapped.maze, np.random.default_rng(i))
+                   for i, e in enumerate(envs.envs)]
 
     class Planner:  # obs (n, 8): achieved_goal, desired_goal, observation (x, y, vx, vy)
         def act(self, obs):
@@ -200,7 +201,8 @@ def test_data_from_another_maze_layout_is_refused(iac_cpe, tmp_path):
     """Same observation width, other maze: an env override, and a Dict dataset whose stored eval
     env is another maze than its data."""
     with pytest.raises(iac_cpe.InputError, match="another maze layout"):
-        iac_cpe.train(make_config(iac_cpe, tmp_path, dataset_path=str(POINTMAZE / "umaze-v0"), env="PointMaze_Medium-v3"))
+        iac_cpe.train(make_config(iac_cpe, tmp_path, dataset_path=str(POINTMAZE / "umaze-v0"),
+                                  env="PointMaze_Medium-v3"))
     import minari
     episodes = list(minari.MinariDataset(POINTMAZE / "medium-v0" / "data").iterate_episodes())[:3]
     from minari.data_collector import EpisodeBuffer

@@ -18,8 +18,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import (ALGORITHMS, ROOT, SHIPPED, assert_same_networks, load_tool, make_config, read_metrics, tiny,
-                      train_interrupted, without_timing)
+from conftest import (
+    ALGORITHMS,
+    ROOT,
+    SHIPPED,
+    assert_same_networks,
+    load_tool,
+    make_config,
+    read_metrics,
+    tiny,
+    train_interrupted,
+    without_timing,
+)
 
 plumbing = load_tool("plumbing")
 MEDIUM_REPLAY = SHIPPED / "medium-replay-v0"

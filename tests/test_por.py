@@ -1,6 +1,5 @@
 """POR: losses on hand-computed inputs, twin V, decoupled updates, the eq. (7) action, reward
 scale, por_q's pre-training phase, offline only. (Resume, bad input, CLI: tests/test_plumbing.py.)"""
-import json
 import math
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 
 from conftest import dataset, load_algorithm, make_config, read_metrics, train_interrupted
+
 
 @pytest.fixture(scope="module")
 def por():
@@ -152,7 +152,8 @@ def test_action_is_pi_mean_at_the_guide_mean_clipped(por):
 def test_reward_scale_uses_por_trajectory_split(por):
     """max_episode_steps 2: [1, 2] cut by length, [3] by the terminal, [4, 10] by length, [5] trailing."""
     n = 6
-    data = dataset(por, np.zeros((n, 1)), np.full((n, 1), 1.5), [1, 2, 3, 4, 10, 5], np.zeros((n, 1)), [0, 0, 1, 0, 0, 0])
+    data = dataset(por, np.zeros((n, 1)), np.full((n, 1), 1.5), [1, 2, 3, 4, 10, 5], np.zeros((n, 1)),
+                   [0, 0, 1, 0, 0, 0])
     assert por.return_range(data, 2) == (3.0, 14.0)
     cfg = por.TrainConfig(dataset_id="x", max_episode_steps=2)
     assert por.preprocessing(cfg, data) == (False, 1000 / 11, 0.0)

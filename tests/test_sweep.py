@@ -28,7 +28,7 @@ def test_sweep_runs_two_runs_and_writes_a_table_then_skips_them(tmp_path):
     for seed in (0, 1):
         run = tmp_path / "runs" / f"td3_bc-local_hopper_medium-replay-seed{seed}"
         assert json.loads((run / "sweep.json").read_text())["status"] == "finished"
-        steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert steps[-1] == 200
     table = (tmp_path / "t.md").read_text()
     assert "| local/hopper/medium-replay-v0 | td3_bc | 2 | 200 |" in table
@@ -57,7 +57,7 @@ def test_an_interrupted_run_is_resumed_from_its_checkpoint(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     log = (tmp_path / "runs" / f"{run.name}.log").read_text()
     assert f"--resume {run}" in log and "resuming at step 100" in log
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [100, 200]
 
 

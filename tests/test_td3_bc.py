@@ -30,7 +30,8 @@ def test_actor_and_targets_move_only_every_policy_freq_steps(td3_bc):
     before = [p.clone() for p in (*agent.actor.parameters(), *agent.critic_target.parameters())]
     out = agent.update(*batch, step=1)
     assert "actor_loss" not in out
-    assert all(torch.equal(p, q) for p, q in zip(before, (*agent.actor.parameters(), *agent.critic_target.parameters())))
+    after = (*agent.actor.parameters(), *agent.critic_target.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(before, after))
     out = agent.update(*batch, step=2)
     assert "actor_loss" in out
     assert not torch.equal(before[0], next(agent.actor.parameters()))

@@ -12,6 +12,9 @@ Suites (folder under configs/<algorithm>/ -> data):
   local/pointmaze/<maze> the shipped PointMaze datasets, datasets/local/pointmaze/<maze>-v0
   minari/antmaze/<name>  Minari's D4RL/antmaze/<name>-v1 (downloaded when missing)
   d4rl/antmaze/<name>    D4RL AntMaze -v2 files, ~/.d4rl/datasets/antmaze-<name>-v2.hdf5
+  finetune/antmaze/<name>, finetune/local/hopper/<level>   offline then online fine-tuning (the four
+                         files that fine-tune: spot, iql, awac, iac_cpe), D4RL AntMaze files and the
+                         shipped Hopper medium and medium-replay data (finetune_values)
 The maze values are the official AntMaze ones per algorithm (maze_values); the shipped PointMaze
 data take those of the AntMaze dataset nearest in kind: umaze -> antmaze umaze, medium (goals drawn
 anew all the time, like the "diverse" data) -> antmaze medium-diverse.
@@ -26,6 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = ["iac_cpe", "td3_bc", "iql", "awac", "spot", "por"]
+ONLINE = ["iac_cpe", "iql", "awac", "spot"]  # the files that fine-tune online
 LOCOMOTION = ["halfcheetah", "hopper", "walker2d"]
 D4RL_LEVELS = ["random", "medium", "medium-replay", "medium-expert", "expert"]
 MINARI_LEVELS = ["simple", "medium", "expert"]
@@ -80,6 +84,20 @@ def maze_values(algo: str, name: str) -> dict:
     }[algo]
 
 
+def finetune_values(algo: str, name: str) -> dict:
+    """The online settings of ``algo`` for fine-tuning on AntMaze dataset ``name`` (or Hopper data,
+    name "hopper"): 1M offline updates, then 1M env steps with one update each, as the official
+    fine-tuning runs (IQL train_finetune.py, SPOT main_finetune.py, CORL configs/finetune/*)."""
+    out = {"max_timesteps": 1_000_000, "online_steps": 1_000_000}
+    if algo == "spot":  # configs/online_finetune/antmaze-*.yml: lambda cooling; 0.995 on the large mazes
+        out.update(lambd_cool=True, lambd_end=0.2, online_discount=0.995 if name.startswith("large") else None)
+    if algo == "iql":  # configs/antmaze_finetune_config.py: no decay of the actor's learning rate
+        out.update(actor_lr_schedule="constant")
+    if algo == "awac" and name != "hopper":
+        out.update(eval_freq=50000)  # CORL configs/finetune/awac/antmaze
+    return out
+
+
 def suites() -> dict:
     """{relative path under configs/<algo>/: (data fields, env, level)} for every dataset; mazes have
     env "antmaze" and the AntMaze dataset whose values they take as level."""
@@ -116,6 +134,17 @@ def configs() -> dict:
             per_dataset = maze_values(algo, level) if env == "antmaze" else level_values(algo, env, level)
             values = {**defaults, **data, **per_dataset}
             out[ROOT / "configs" / algo / f"{rel}.yaml"] = yaml.safe_dump(values, sort_keys=False)
+        if algo in ONLINE:
+            for name in ANTMAZE:
+                values = {**defaults, "dataset_path": f"~/.d4rl/datasets/antmaze-{name}-v2.hdf5",
+                          **maze_values(algo, name), **finetune_values(algo, name)}
+                path = ROOT / "configs" / algo / "finetune" / "antmaze" / f"{name}.yaml"
+                out[path] = yaml.safe_dump(values, sort_keys=False)
+            for level in ("medium", "medium-replay"):
+                values = {**defaults, "dataset_path": f"datasets/local/hopper/{level}-v0",
+                          **level_values(algo, "hopper", level), **finetune_values(algo, "hopper")}
+                out[ROOT / "configs" / algo / "finetune" / "local" / "hopper" / f"{level}.yaml"] = \
+                    yaml.safe_dump(values, sort_keys=False)
     # the README's first command: IAC-CPE on the shipped Hopper medium data, short
     quick = yaml.safe_load(out[ROOT / "configs/iac_cpe/local/hopper/medium.yaml"])
     out[ROOT / "configs/iac_cpe/quickstart.yaml"] = yaml.safe_dump({**quick, "max_timesteps": 10000, "eval_freq": 2500},

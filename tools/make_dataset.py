@@ -81,7 +81,8 @@ def rollout(env: gym.Env, act, n_transitions: int, seed: int, desc: str):
             done_steps += 1
             bar.update(1)
             truncated = truncated or done_steps == n_transitions
-            o.append(obs); a.append(action); r.append(reward); term.append(terminated)
+            for column, x in ((o, obs), (a, action), (r, reward), (term, terminated)):
+                column.append(x)
             trunc.append(truncated and not terminated)
             if terminated or truncated:
                 break
@@ -111,12 +112,14 @@ def replay_episodes(buffer, n_steps: int, cap: int, seed: int):
     ends = list(np.flatnonzero(done)) + ([n_steps - 1] if not done[n_steps - 1] else [])
     spans, start = [], 0
     for end in ends:
-        spans.append((start, end + 1)); start = end + 1
+        spans.append((start, end + 1))
+        start = end + 1
     if n_steps > cap:
         keep, total = [], 0
         for i in np.random.default_rng(seed).permutation(len(spans)):
             if total + spans[i][1] - spans[i][0] <= cap:
-                keep.append(i); total += spans[i][1] - spans[i][0]
+                keep.append(i)
+                total += spans[i][1] - spans[i][0]
         spans = [spans[i] for i in sorted(keep)]
     episodes = []
     for s, e in spans:
@@ -135,7 +138,7 @@ def mean_return(env: gym.Env, act, n_episodes: int, seed: int, desc: str) -> flo
         ret, done = 0.0, False
         while not done:
             obs, r, term, trunc, _ = env.step(np.clip(act(obs), -1.0, 1.0))
-            ret += r; done = term or trunc
+            ret, done = ret + r, term or trunc
         returns.append(ret)
     return float(np.mean(returns))
 

@@ -78,7 +78,8 @@ def count() -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--write", action="store_true", help=f"copy algorithms/{REFERENCE}.py's shared parts into the others")
+    p.add_argument("--write", action="store_true",
+                   help=f"copy algorithms/{REFERENCE}.py's shared parts into the others")
     p.add_argument("--count", action="store_true", help="print lines per file, algorithm part vs shared plumbing")
     args = p.parse_args(argv)
     if args.count:

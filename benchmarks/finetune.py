@@ -1,0 +1,101 @@
+"""Offline-to-online fine-tuning against more offline training, paired: for each algorithm and
+seed, one offline run to ``--offline`` updates, then two continuations of that same checkpoint
+(copies of its run directory):
+  <algo>-seed<k>-online    --resume with online_steps = --online: env steps with one update each
+  <algo>-seed<k>-offline   --resume with max_timesteps = --offline + --online: offline updates only
+so both start from the same networks and differ only in what the last ``--online`` updates train
+on. Every run is the algorithm file's own CLI with configs/<algo>/finetune/<dataset>.yaml; the
+budgets, the evaluation cadence and ``--set`` overrides are passed as flags. ``--jobs`` pairs run
+at once (one torch thread each). Finally tools/table.py tabulates and plots the runs.
+
+    python benchmarks/finetune.py --out runs/finetune_local --table results/finetune_local
+
+Re-running continues: a run whose metrics reach its budget is skipped, an interrupted one resumes.
+"""
+import argparse
+import concurrent.futures
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def last_step(run: Path) -> int:
+    """The step of the run's last record (0 without one)."""
+    path = run / "metrics.jsonl"
+    rows = path.read_text().splitlines() if path.exists() else []
+    return json.loads(rows[-1])["step"] if rows else 0
+
+
+def train(args_list: list, log: Path) -> None:
+    """One training process, its output appended to ``log``; raises RuntimeError when it fails."""
+    cmd = [sys.executable, *args_list]
+    with log.open("a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise RuntimeError(f"failed ({rc}): {shlex.join(cmd)}; see {log}")
+
+
+def pair(algo: str, seed: int, args) -> str:
+    """The offline run and its two continuations for one algorithm and seed."""
+    out, total = Path(args.out).resolve(), args.offline + args.online
+    script = f"algorithms/{algo}.py"
+    sets = [s.partition("=") for s in args.set]  # key=value for every run, algo.key=value for one algorithm's
+    sets = [(k.split(".")[-1], v) for k, _, v in sets if "." not in k or k.split(".")[0] == algo]
+    flags = ["--progress_bar", "false", "--torch_threads", "1", "--eval_freq", str(args.eval_freq),
+             "--wandb_mode", "disabled"] + [x for k, v in sets for x in (f"--{k}", v)]
+    base = out / "base" / f"{algo}-seed{seed}"
+    log = out / f"{algo}-seed{seed}.log"
+    if last_step(base) < args.offline:
+        resume = ["--resume", str(base)] if (base / "checkpoint.pt").exists() else [
+            "--config", f"configs/{algo}/finetune/{args.dataset}.yaml", "--seed", str(seed),
+            "--output_dir", str(base.parent), "--name", base.name]
+        train([script, *resume, "--max_timesteps", str(args.offline), "--online_steps", "0", *flags], log)
+    for kind, budget in (("online", ["--online_steps", str(args.online)]),
+                         ("offline", ["--max_timesteps", str(total), "--online_steps", "0"])):
+        run = out / f"{algo}-seed{seed}-{kind}"
+        if last_step(run) >= total:
+            continue
+        if not (run / "checkpoint.pt").exists():
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(base, run, ignore=shutil.ignore_patterns("wandb"))
+        train([script, "--resume", str(run), *budget, *flags], log)
+    return f"{algo} seed {seed}"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--algorithms", nargs="+", default=["iql", "awac", "iac_cpe", "spot"])
+    p.add_argument("--dataset", default="local/hopper/medium", help="configs/<algo>/finetune/<dataset>.yaml")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--offline", type=int, default=20_000, help="offline updates before the two continuations")
+    p.add_argument("--online", type=int, default=20_000, help="env steps (= updates) of each continuation")
+    p.add_argument("--eval-freq", type=int, default=2000)
+    p.add_argument("--set", action="append", default=[], metavar="[ALGO.]KEY=VALUE",
+                   help="a config override for every run, or for one algorithm's runs")
+    p.add_argument("--jobs", type=int, default=2, help="pairs trained at once")
+    p.add_argument("--out", default="runs/finetune")
+    p.add_argument("--table", default=None, help="write tools/table.py's table and curves here when done")
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    command = shlex.join(["python", "benchmarks/finetune.py", *(argv or sys.argv[1:])])
+    with (Path(args.out) / "commands.txt").open("a") as f:
+        f.write(command + "\n")
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(pair, a, s, args) for s in args.seeds for a in args.algorithms]
+        for f in concurrent.futures.as_completed(futures):
+            print(f"done: {f.result()}", flush=True)
+    if args.table:
+        runs = sorted(str(r) for r in Path(args.out).glob("*-seed*-o*line") if r.is_dir())
+        subprocess.run([sys.executable, "tools/table.py", *runs, "--out", args.table], cwd=ROOT, check=True)
+
+
+if __name__ == "__main__":
+    main()
