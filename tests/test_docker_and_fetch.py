@@ -30,9 +30,9 @@ def write_d4rl(path, n, drop=None):
 
 def test_fetch_saves_checked_files_under_config_names_and_skips_present_ones(tmp_path):
     mirror, out = tmp_path / "mirror", tmp_path / "datasets"
-    mirror.mkdir()
-    write_d4rl(mirror / "hopper_medium_replay-v2.hdf5", 7)   # the server's name for the file
-    write_d4rl(mirror / "hopper_medium-v2.hdf5", 5, drop="timeouts")  # a broken file
+    (mirror / "gym_mujoco_v2").mkdir(parents=True)
+    write_d4rl(mirror / "gym_mujoco_v2" / "hopper_medium_replay-v2.hdf5", 7)   # the server's name for the file
+    write_d4rl(mirror / "gym_mujoco_v2" / "hopper_medium-v2.hdf5", 5, drop="timeouts")  # a broken file
     cmd = FETCH + ["--envs", "hopper", "--levels", "medium-replay", "medium", "--dir", str(out),
                    "--base-url", mirror.as_uri()]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -50,3 +50,16 @@ def test_fetch_without_network_says_so(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "needs network access" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_knows_the_six_antmaze_files_by_their_server_names(tmp_path):
+    mirror, out = tmp_path / "mirror", tmp_path / "datasets"
+    (mirror / "ant_maze_v2").mkdir(parents=True)
+    write_d4rl(mirror / "ant_maze_v2" / "Ant_maze_big-maze_noisy_multistart_True_multigoal_False_sparse_fixed.hdf5", 4)
+    res = subprocess.run(FETCH + ["--envs", "antmaze", "--mazes", "medium-play", "--dir", str(out),
+                                  "--base-url", mirror.as_uri()], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["antmaze-medium-play-v2.hdf5"]
+    res = subprocess.run(FETCH + ["--envs", "antmaze", "--dir", str(out), "--base-url", mirror.as_uri()],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "5 of 6 files missing" in res.stderr
