@@ -48,6 +48,11 @@ lambd_end * lambda_ over the online steps (lambd_cool, ``cooled_lambda``), the d
 (online_discount), the VAE stays frozen, and the optimisers carry on (official; CORL resets them and
 uses 0.995 on every maze). Online rewards pass through the same preprocessing as the data (on a
 maze the env's reward is 1 exactly at the terminal step, so this is main_finetune's rule).
+Maze tasks (official configs/offline/antmaze-*.yml, main.py): per-dataset lambda_ (umaze 0.25,
+umaze-diverse 0.25, medium-play 0.05, medium-diverse 0.025, large 0.025), actor_lr 1e-4, no actor
+dropout, output layers initialised U(-0.001, 0.001) (actor) and U(-0.003, 0.003) (critic), no state
+normalisation (normalize: null follows the task), rewards 1 -> antmaze_center_reward (0), 0 -> -1,
+100 evaluation episodes every 50k updates.
 Metrics: phase-1 records have phase "pretrain" and step <= 0 (step = VAE steps done - vae_steps:
 the VAE losses every eval_freq VAE steps and at its end, no evaluation); the trained VAE is also
 written to <run dir>/vae.pt when phase 1 ends.
@@ -645,8 +650,10 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     files = sorted(Path(ds.storage.data_path).glob("*"))
     space = ds.observation_space
     goal = isinstance(space, gym.spaces.Dict) and "desired_goal" in space.spaces
-    return Dataset(*minari_transitions(ds.iterate_episodes(), space), ds._eval_env_spec or ds.env_spec,
-                   meta.get("ref_min_score"), meta.get("ref_max_score"), name, files, goal)
+    spec = meta.get("eval_env_spec") or meta.get("env_spec")  # JSON; the eval env when the data names one
+    spec = gym.envs.registration.EnvSpec.from_json(spec) if spec else None
+    return Dataset(*minari_transitions(ds.iterate_episodes(), space), spec, meta.get("ref_min_score"),
+                   meta.get("ref_max_score"), name, files, goal)
 
 
 class Normalizer(nn.Module):
@@ -808,6 +815,20 @@ def scores(returns: np.ndarray, success: np.ndarray, task: dict) -> Optional[np.
     return 100 * (np.asarray(returns) - task["ref_min"]) / (task["ref_max"] - task["ref_min"])
 
 
+def evaluation(envs: gym.vector.VectorEnv, agent, seed: int, task: dict, device: torch.device) -> Tuple[dict, str]:
+    """``evaluate`` as a metrics record (returns, success rate on mazes, normalised score, mean and
+    std over the episodes) and as words for the log line."""
+    returns, success = evaluate(envs, agent, seed, device)
+    score = scores(returns, success, task)
+    record = {"return_mean": float(returns.mean()), "return_std": float(returns.std()),
+              "success_rate": float(success.mean()) if task["goal_reaching"] else None,
+              "normalized_score": None if score is None else float(score.mean()),
+              "normalized_score_std": None if score is None else float(score.std())}
+    words = f"return {returns.mean():.1f} ± {returns.std():.1f}" + (
+        "" if score is None else f", score {score.mean():.1f} ± {score.std():.1f}")
+    return record, words
+
+
 @torch.no_grad()
 def record_video(task: dict, agent, seed: int, path: Path, device: torch.device) -> Path:
     """One episode of ``agent.act`` from the start ``evaluate``'s first sub-env sees, rendered
@@ -914,11 +935,13 @@ def load_checkpoint(path: Path, agent, buffer: Optional[ReplayBuffer]) -> dict:
     random.setstate(state["rng"]["python"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    n_online = state["progress"]["buffer_size"] - buffer.n_offline if buffer is not None else 0
-    if n_online:  # stored as the buffer holds them: copy the rows back unchanged
-        with h5py.File(path.with_name("online_buffer.hdf5"), "r") as f:
+    online_path = path.with_name("online_buffer.hdf5")
+    if buffer is not None and online_path.exists():  # stored as the buffer holds them: copied back unchanged
+        n_online = state["progress"]["buffer_size"] - buffer.n_offline
+        with h5py.File(online_path, "a") as f:
             for k in ("states", "actions", "rewards", "next_states", "dones"):
-                getattr(buffer, k)[buffer.n_offline:buffer.n_offline + n_online] = torch.as_tensor(f[k][:n_online])
+                f[k].resize(n_online, axis=0)  # rows appended after the checkpoint are not the run's
+                getattr(buffer, k)[buffer.n_offline:buffer.n_offline + n_online] = torch.as_tensor(f[k][()])
         buffer.size = buffer.n_offline + n_online
     return state["progress"]
 
@@ -1138,15 +1161,10 @@ def train(cfg: TrainConfig) -> Path:
         phase = "pretrain" if step <= 0 and pretrain_steps else "offline" if step <= cfg.max_timesteps else "online"
         record, line = {"step": step, "phase": phase, "env_steps": progress["env_steps"]}, f"step {step} [{phase}]"
         if phase != "pretrain":
-            returns, success = evaluate(envs, agent, cfg.seed + 100, device)
-            score = scores(returns, success, task)
-            record.update(return_mean=float(returns.mean()), return_std=float(returns.std()),
-                          success_rate=float(success.mean()) if task["goal_reaching"] else None,
-                          normalized_score=None if score is None else float(score.mean()),
-                          normalized_score_std=None if score is None else float(score.std()))
-            line += f": return {returns.mean():.1f} ± {returns.std():.1f}" + (
-                "" if score is None else f", score {score.mean():.1f} ± {score.std():.1f}")
-            bar.set_postfix_str(f"score {score.mean():.1f}" if score is not None else f"return {returns.mean():.1f}")
+            result, words = evaluation(envs, agent, cfg.seed + 100, task, device)
+            record.update(result)
+            line += ": " + words
+            bar.set_postfix_str(words)
         if episode_returns:
             record.update(online_episodes=len(episode_returns), online_return_mean=float(np.mean(episode_returns)))
             line += f", {len(episode_returns)} online episodes returning {np.mean(episode_returns):.1f}"
@@ -1181,27 +1199,19 @@ def evaluate_run(cfg: TrainConfig) -> dict:
         raise InputError(f"evaluate: {run_dir} has no checkpoint.pt")
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     task = {**state["task"], "n_episodes": cfg.n_episodes or state["task"]["n_episodes"]}
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    device = pick_device(cfg)
     envs = make_env(task, task["n_episodes"])
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
     agent = Agent(obs_dim, act_dim, cfg, Normalizer(obs_dim), device)
     agent.load_state_dict(state["agent"])
-    returns, success = evaluate(envs, agent, cfg.seed + 100, device)
-    score = scores(returns, success, task)
-    result = {"step": state["progress"]["step"], "n_episodes": task["n_episodes"], "seed": cfg.seed + 100,
-              "return_mean": float(returns.mean()), "return_std": float(returns.std()),
-              "success_rate": float(success.mean()) if task["goal_reaching"] else None,
-              "normalized_score": None if score is None else float(score.mean()),
-              "normalized_score_std": None if score is None else float(score.std())}
+    record, words = evaluation(envs, agent, cfg.seed + 100, task, device)
+    result = {"step": state["progress"]["step"], "n_episodes": task["n_episodes"], "seed": cfg.seed + 100, **record}
     if cfg.save_video:
         name = f"evaluate-step{result['step']}-{time.strftime('%Y%m%d-%H%M%S')}.mp4"
         result["video"] = str(record_video(task, agent, cfg.seed + 100, run_dir / "videos" / name, device))
     with (run_dir / "evaluations.jsonl").open("a") as f:
         f.write(json.dumps(result) + "\n")
-    print(f"{run_dir} at step {result['step']}, {task['n_episodes']} episodes: return "
-          f"{result['return_mean']:.1f} ± {result['return_std']:.1f}"
-          + ("" if score is None else f", score {score.mean():.1f} ± {score.std():.1f}")
+    print(f"{run_dir} at step {result['step']}, {task['n_episodes']} episodes: {words}"
           + (f"; video {result['video']}" if cfg.save_video else ""))
     return result
 

@@ -47,8 +47,13 @@ def test_an_online_run_interrupted_mid_episode_resumes_to_the_same_metrics(onlin
     part = train_interrupted(online_algo, monkeypatch, online_config(online_algo, tmp_path, name="part"), 200)
     progress = torch.load(part / "checkpoint.pt", weights_only=False)["progress"]
     assert progress["online"]["start"] < progress["buffer_size"]  # stopped inside an episode
+    with h5py.File(part / "online_buffer.hdf5", "a") as f:  # rows written after the checkpoint (a crash
+        for k in f:                                            # between appending and the checkpoint's rename)
+            f[k].resize(len(f[k]) + 3, axis=0)
     online_algo.train(online_algo.parse_config(["--resume", str(part)]))
     assert without_timing(read_metrics(part)) == without_timing(read_metrics(full))
+    with h5py.File(part / "online_buffer.hdf5") as f:
+        assert len(f["rewards"]) == 200
     a, b = (torch.load(r / "checkpoint.pt", weights_only=False)["agent"] for r in (full, part))
     for net in ("actor", "critic"):
         for k in a[net]:

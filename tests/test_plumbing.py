@@ -79,6 +79,12 @@ def test_every_config_parses_against_its_dataclass_and_holds_every_field(algo):
             assert (ROOT / cfg.dataset_path).is_dir(), path
 
 
+def test_configs_are_what_make_configs_writes(capsys):
+    """Every YAML comes from tools/make_configs.py's tables (their sources are named there)."""
+    load_tool("make_configs").main(["--check"])
+    assert "configs up to date" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------- the CLI
 def test_cli_trains_writes_provenance_and_logs_wandb_offline_without_login(algo, tmp_path):
     """The README's command with --config, wandb in its default mode (offline) with no login or
@@ -335,3 +341,23 @@ def test_evaluate_a_finished_run_without_its_dataset(algo, tmp_path):
     assert again["return_mean"] == pytest.approx(read_metrics(run)[-1]["return_mean"])  # the same 2 starts
     assert [json.loads(r)["n_episodes"] for r in (run / "evaluations.jsonl").read_text().splitlines()] == [3, 2]
 
+
+
+def test_save_video_records_an_evaluation_episode_per_evaluation_and_logs_it(tmp_path, monkeypatch):
+    """MP4s in the run folder and in the offline wandb run, at training and from --evaluate."""
+    import imageio.v3 as iio
+
+    from conftest import load_algorithm
+    td3_bc = load_algorithm("td3_bc")
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run = td3_bc.train(make_config(td3_bc, tmp_path, max_timesteps=200, save_video=True, n_episodes=1,
+                                   wandb_mode=None))
+    videos = sorted((run / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == ["step100.mp4", "step200.mp4"]
+    frames = iio.imread(videos[-1])
+    assert frames.ndim == 4 and len(frames) > 1 and frames.shape[-1] == 3 and frames.std() > 0
+    assert len(list((run / "wandb").rglob("media/videos/*.mp4"))) == 2
+    result = td3_bc.evaluate_run(td3_bc.parse_config(["--evaluate", str(run), "--n_episodes", "1",
+                                                      "--save_video", "true"]))
+    assert result["video"].endswith(".mp4") and len(iio.imread(result["video"])) > 1
