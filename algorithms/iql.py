@@ -408,6 +408,7 @@ class Dataset:
     files: List[Path]  # the files read (their checksums go into run_info.json)
     goal_reaching: bool = False  # a maze task (Dict observations with a desired_goal, or D4RL AntMaze): success
     d4rl_maze: Optional[str] = None  # a D4RL AntMaze file's maze (umaze | medium | large): see D4RLAntMaze
+    walls: Optional[list] = None  # a maze dataset's walls (rows of 0/1) where the data was collected
 
 
 def flatten_observations(obs, space: gym.Space) -> np.ndarray:
@@ -515,7 +516,8 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     if path is not None and path.suffix in (".hdf5", ".h5"):
         robot, maze = (path.name.split("-") + [""])[:2]
         if robot == "antmaze" and maze in D4RL_MAZES:
-            return Dataset(*d4rl_transitions(path), d4rl_maze_spec(maze), 0.0, 1.0, path.stem, [path], True, maze)
+            spec = d4rl_maze_spec(maze)
+            return Dataset(*d4rl_transitions(path), spec, 0.0, 1.0, path.stem, [path], True, maze, walls(spec))
         env_id, ref_min, ref_max = D4RL_ENVS.get(robot.lower(), (None, None, None))
         if cfg.env is None and env_id is None:
             raise InputError(f"cannot tell the robot from the file name {path.name} (expected {'|'.join(D4RL_ENVS)}"
@@ -529,10 +531,10 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     files = sorted(Path(ds.storage.data_path).glob("*"))
     space = ds.observation_space
     goal = isinstance(space, gym.spaces.Dict) and "desired_goal" in space.spaces
-    spec = meta.get("eval_env_spec") or meta.get("env_spec")  # JSON; the eval env when the data names one
-    spec = gym.envs.registration.EnvSpec.from_json(spec) if spec else None
-    return Dataset(*minari_transitions(ds.iterate_episodes(), space), spec, meta.get("ref_min_score"),
-                   meta.get("ref_max_score"), name, files, goal)
+    spec, data_spec = (gym.envs.registration.EnvSpec.from_json(meta[k]) if meta.get(k) else None
+                       for k in ("eval_env_spec", "env_spec"))  # the evaluation env when the data names one
+    return Dataset(*minari_transitions(ds.iterate_episodes(), space), spec or data_spec, meta.get("ref_min_score"),
+                   meta.get("ref_max_score"), name, files, goal, walls=walls(data_spec) if goal and data_spec else None)
 
 
 class Normalizer(nn.Module):
@@ -588,6 +590,12 @@ def env_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     if env_id not in gym.registry:
         import gymnasium_robotics  # noqa: F401
     return gym.spec(env_id)
+
+
+def walls(spec: gym.envs.registration.EnvSpec) -> Optional[list]:
+    """The walls of a maze env's map (rows of 0/1; start and goal cells are free), or None."""
+    maze_map = spec.kwargs.get("maze_map") or env_spec(spec.id).kwargs.get("maze_map")
+    return [[int(cell == 1) for cell in row] for row in maze_map] if maze_map else None
 
 
 def d4rl_maze_spec(maze: str) -> gym.envs.registration.EnvSpec:
@@ -662,8 +670,9 @@ def check_maze(task: dict, data: Dataset, envs: gym.vector.VectorEnv) -> None:
     if bad.mean() > 0.01:
         raise InputError(f"{bad.mean():.0%} of the states of {data.name} lie inside walls or outside the maze of "
                          f"the evaluation env {maze_env.spec.id if maze_env.spec else ''}: the data and the env "
-                         "disagree on the maze or its coordinates. Use the dataset's own env (drop env), or a "
-                         "D4RL file named antmaze-<umaze|medium|large>-<variant>-v2.hdf5")
+                         "disagree on the maze or its coordinates (a D4RL file must be named antmaze-<umaze|medium|"
+                         "large>-<variant>-v2.hdf5; a dataset whose stored evaluation env is another maze needs env: "
+                         "set to an env with the data's walls)")
 
 
 @torch.no_grad()
@@ -906,10 +915,9 @@ def task_of(cfg: TrainConfig, data: Dataset) -> dict:
     spec = env_spec(cfg.env) if cfg.env else data.env_spec
     if spec is None:
         raise InputError(f"the dataset {data.name} names no env; set env (e.g. Hopper-v5)")
-    layout = lambda s: s.kwargs.get("maze_map") or env_spec(s.id).kwargs.get("maze_map")  # noqa: E731
-    if cfg.env and data.goal_reaching and data.env_spec and layout(spec) != layout(data.env_spec):
-        raise InputError(f"env {cfg.env} has another maze layout (walls, start or goal cells) than {data.name}'s "
-                         f"evaluation env {data.env_spec.id}; drop env to evaluate on the dataset's own maze")
+    if cfg.env and data.walls and walls(spec) != data.walls:
+        raise InputError(f"env {cfg.env} has other walls than the maze {data.name} was collected in; drop env "
+                         "to evaluate on the dataset's own evaluation env, or name an env with the data's walls")
     ref_min = cfg.ref_min_score if cfg.ref_min_score is not None else data.ref_min
     ref_max = cfg.ref_max_score if cfg.ref_max_score is not None else data.ref_max
     return {"env_spec": spec.to_json(), "ref_min": ref_min, "ref_max": ref_max, "goal_reaching": data.goal_reaching,
