@@ -216,3 +216,28 @@ def test_data_from_another_maze_layout_is_refused(iac_cpe, tmp_path):
     run = iac_cpe.train(make_config(iac_cpe, tmp_path, dataset_path=None, dataset_id="test/pointmaze/mixed-v0",
                                     env="PointMaze_Medium-v3", max_timesteps=100))  # the data's walls: it runs
     assert 0 <= read_metrics(run)[-1]["success_rate"] <= 1
+
+
+def test_a_minari_antmaze_dataset_trains_through_its_dict_observations(iac_cpe, tmp_path):
+    """Minari's D4RL/antmaze layout: AntMaze-v4 Dict observations (27 + 2 + 2 wide), a stored
+    evaluation env; here made from a short random-action stream of the real env."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+    spec = iac_cpe.env_spec("AntMaze_UMaze-v4")
+    env = gym.make(spec, continuing_task=True)
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    steps = [obs]
+    actions = [env.action_space.sample() for _ in range(300)]
+    for a in actions:
+        steps.append(env.step(a)[0])
+    buffer = EpisodeBuffer(observations={k: np.array([o[k] for o in steps]) for k in obs},
+                           actions=np.array(actions), rewards=np.zeros(300), terminations=np.zeros(300, bool),
+                           truncations=np.r_[np.zeros(299, bool), True])
+    minari.create_dataset_from_buffers("test/antmaze/random-v0", [buffer], env=env.spec, algorithm_name="random",
+                                       eval_env=iac_cpe.dataclasses.replace(spec, kwargs={**spec.kwargs,
+                                                                                            "continuing_task": False}))
+    run = iac_cpe.train(make_config(iac_cpe, tmp_path, dataset_path=None, dataset_id="test/antmaze/random-v0",
+                                    max_timesteps=100))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["agent"]["normalizer"]["mean"].shape == (31,)
+    assert read_metrics(run)[-1]["success_rate"] in (0.0, 0.5, 1.0)

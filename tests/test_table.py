@@ -43,6 +43,8 @@ def test_last_best_mean_std_and_paper_column(table, tmp_path):
     iql = csv[csv.algorithm == "iql"].iloc[0]
     assert iql.last_mean == pytest.approx(6.0) and pd.isna(iql.paper)  # not a D4RL -v2 dataset
     md = (tmp_path / "out" / "t.md").read_text()
+    header, rule = md.splitlines()[4:6]
+    assert header.count("|") == rule.count("|") == 9
     assert "| hopper-medium-v2 | td3_bc | 2 | 3,000 | 50.0 ± 20.0 | 60.0 ± 10.0 | – | 60.4 (CORL last) |" in md
     spot = fake_run(tmp_path / "more", "spot-m-seed0", 0, [1.0], dataset_path="/nowhere/hopper-medium-v2.hdf5")
     both = table.summarise([table.load_run(spot)]).iloc[0]

@@ -12,9 +12,10 @@ Suites (folder under configs/<algorithm>/ -> data):
   local/pointmaze/<maze> the shipped PointMaze datasets, datasets/local/pointmaze/<maze>-v0
   minari/antmaze/<name>  Minari's D4RL/antmaze/<name>-v1 (downloaded when missing)
   d4rl/antmaze/<name>    D4RL AntMaze -v2 files, ~/.d4rl/datasets/antmaze-<name>-v2.hdf5
-  finetune/antmaze/<name>, finetune/local/hopper/<level>   offline then online fine-tuning (the four
-                         files that fine-tune: spot, iql, awac, iac_cpe), D4RL AntMaze files and the
-                         shipped Hopper medium and medium-replay data (finetune_values)
+  finetune/antmaze/<name>, finetune/local/{hopper,pointmaze}/<dataset>   offline then online
+                         fine-tuning (the four files that fine-tune: spot, iql, awac, iac_cpe) on D4RL
+                         AntMaze files and the shipped Hopper medium, medium-replay and PointMaze data
+                         (finetune_values)
 The maze values are the official AntMaze ones per algorithm (maze_values); the shipped PointMaze
 data take those of the AntMaze dataset nearest in kind: umaze -> antmaze umaze, medium (goals drawn
 anew all the time, like the "diverse" data) -> antmaze medium-diverse.
@@ -144,6 +145,11 @@ def configs() -> dict:
                 values = {**defaults, "dataset_path": f"datasets/local/hopper/{level}-v0",
                           **level_values(algo, "hopper", level), **finetune_values(algo, "hopper")}
                 out[ROOT / "configs" / algo / "finetune" / "local" / "hopper" / f"{level}.yaml"] = \
+                    yaml.safe_dump(values, sort_keys=False)
+            for maze, like in POINTMAZE.items():
+                values = {**defaults, "dataset_path": f"datasets/local/pointmaze/{maze}-v0",
+                          **maze_values(algo, like), **finetune_values(algo, like)}
+                out[ROOT / "configs" / algo / "finetune" / "local" / "pointmaze" / f"{maze}.yaml"] = \
                     yaml.safe_dump(values, sort_keys=False)
     # the README's first command: IAC-CPE on the shipped Hopper medium data, short
     quick = yaml.safe_load(out[ROOT / "configs/iac_cpe/local/hopper/medium.yaml"])

@@ -163,7 +163,7 @@ def markdown(table: pd.DataFrame, title: str, command: str) -> str:
     head = "| dataset | algorithm | online steps | seeds | updates | offline end " if online else \
         "| dataset | algorithm | seeds | updates "
     lines = [f"# {title}", "", f"Made by `{command}`.", "", head + "| last | best | data mean | paper |",
-             "|---" * (head.count("|") + 3) + "|"]
+             "|---" * (head.count("|") + 4) + "|"]
     for r in table.itertuples():
         updates = f"{r.updates:,}" if isinstance(r.updates, (int, np.integer)) else r.updates
         several = r.seeds > 1  # one seed: its value alone, no std
@@ -211,7 +211,7 @@ def plot(runs: list, path: Path) -> None:
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color())
             if online:
                 ax.axvline(group[0]["offline"], color=line.get_color(), linestyle=":", alpha=0.6)
-        ax.set(title=dataset, xlabel="updates", ylabel="normalised score")
+        ax.set(title=dataset, xlabel="updates", ylabel="score (mazes: success rate x 100)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
