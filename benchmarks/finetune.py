@@ -69,6 +69,34 @@ def pair(algo: str, seed: int, args) -> str:
     return f"{algo} seed {seed}"
 
 
+def summary(args) -> str:
+    """A markdown table: per algorithm and arm, the mean normalised score over the evaluations of
+    each half of the continuation (mean ± population std over seeds), and for the online arm the
+    mean return of its training episodes (exploration on) in each half."""
+    import numpy as np
+
+    halves = ((args.offline, args.offline + args.online // 2), (args.offline + args.online // 2,
+                                                               args.offline + args.online))
+    head = [f"score, steps {a // 1000}k-{b // 1000}k" for a, b in halves]
+    rows = ["| algorithm | arm | seeds | score at offline end | " + " | ".join(head)
+            + " | online episodes' return, 1st half | 2nd half |", "|" + "---|" * (6 + len(head))]
+    fmt = lambda v: f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) else "–"  # noqa: E731
+    for algo in args.algorithms:
+        for kind in ("offline", "online"):
+            runs = [Path(args.out) / f"{algo}-seed{s}-{kind}" / "metrics.jsonl" for s in args.seeds]
+            recs = [[json.loads(x) for x in r.read_text().splitlines()] for r in runs if r.exists()]
+            if not recs:
+                continue
+            start = [next(r["normalized_score"] for r in rs if r["step"] == args.offline) for rs in recs]
+            cells = [fmt([np.mean([r["normalized_score"] for r in rs if a < r["step"] <= b])
+                          for rs in recs]) for a, b in halves]
+            online = [fmt([np.mean([r["online_return_mean"] for r in rs if a < r["step"] <= b
+                                    and r.get("online_return_mean") is not None]) for rs in recs])
+                      if kind == "online" else "–" for a, b in halves]
+            rows.append(f"| {algo} | {kind} | {len(recs)} | {fmt(start)} | " + " | ".join(cells + online) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -83,7 +111,12 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=2, help="pairs trained at once")
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--table", default=None, help="write tools/table.py's table and curves here when done")
+    p.add_argument("--summary", action="store_true",
+                   help="train nothing: print each arm's mean score over each half of the continuation")
     args = p.parse_args(argv)
+    if args.summary:
+        print(summary(args), end="")
+        return
     Path(args.out).mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "benchmarks/finetune.py", *(argv or sys.argv[1:])])
     with (Path(args.out) / "commands.txt").open("a") as f:
