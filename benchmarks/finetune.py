@@ -11,6 +11,8 @@ at once (one torch thread each). Finally tools/table.py tabulates and plots the 
     python benchmarks/finetune.py --out runs/finetune_local --table results/finetune_local
 
 Re-running continues: a run whose metrics reach its budget is skipped, an interrupted one resumes.
+``--summary`` (with the same ``--out``, ``--offline``, ``--online`` and ``--seeds``) trains nothing and
+prints each arm's mean score over each half of the continuation, the numbers a results page quotes.
 """
 import argparse
 import concurrent.futures
