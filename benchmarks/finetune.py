@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,8 +77,6 @@ def summary(args) -> str:
     """A markdown table: per algorithm and arm, the mean normalised score over the evaluations of
     each half of the continuation (mean ± population std over seeds), and for the online arm the
     mean return of its training episodes (exploration on) in each half."""
-    import numpy as np
-
     halves = ((args.offline, args.offline + args.online // 2), (args.offline + args.online // 2,
                                                                args.offline + args.online))
     head = [f"score, steps {a // 1000}k-{b // 1000}k" for a, b in halves]
