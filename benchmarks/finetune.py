@@ -12,7 +12,8 @@ at once (one torch thread each). Finally tools/table.py tabulates and plots the 
 
 Re-running continues: a run whose metrics reach its budget is skipped, an interrupted one resumes.
 ``--summary`` (with the same ``--out``, ``--offline``, ``--online`` and ``--seeds``) trains nothing and
-prints each arm's mean score over each half of the continuation, the numbers a results page quotes.
+prints the numbers a results page quotes: each arm's mean score over each half of the continuation,
+the seed-mean curve of the continuation and the run-minutes spent.
 """
 import argparse
 import concurrent.futures
@@ -74,29 +75,46 @@ def pair(algo: str, seed: int, args) -> str:
 
 
 def summary(args) -> str:
-    """A markdown table: per algorithm and arm, the mean normalised score over the evaluations of
-    each half of the continuation (mean ± population std over seeds), and for the online arm the
-    mean return of its training episodes (exploration on) in each half."""
-    halves = ((args.offline, args.offline + args.online // 2), (args.offline + args.online // 2,
-                                                               args.offline + args.online))
-    head = [f"score, steps {a // 1000}k-{b // 1000}k" for a, b in halves]
-    rows = ["| algorithm | arm | seeds | score at offline end | " + " | ".join(head)
-            + " | online episodes' return, 1st half | 2nd half |", "|" + "---|" * (6 + len(head))]
+    """Markdown for a results page, from the runs' metrics: (1) per algorithm and arm, the mean
+    normalised score over the evaluations of each half of the continuation (mean ± population std
+    over seeds), and for the online arm the mean return of its training episodes (exploration on);
+    (2) the seed-mean score at each evaluation of the continuation; (3) the run-minutes spent (the
+    runs' ``elapsed_s``, each continuation counted from the end of its base run)."""
+    total, split = args.offline + args.online, args.offline + args.online // 2
+    halves = ((args.offline, split), (split, total))
     fmt = lambda v: f"{np.mean(v):.1f} ± {np.std(v):.1f}" if len(v) else "–"  # noqa: E731
+    read = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    head = [f"score, steps {a // 1000}k-{b // 1000}k" for a, b in halves]
+    means = ["| algorithm | arm | seeds | score at offline end | " + " | ".join(head)
+             + " | online episodes' return, 1st half | 2nd half |", "|" + "---|" * (6 + len(head))]
+    curves, seconds = [], 0.0
     for algo in args.algorithms:
+        for s in args.seeds:
+            base = Path(args.out) / "base" / f"{algo}-seed{s}"
+            if (base / "metrics.jsonl").exists():
+                start = read(base)[-1]["elapsed_s"]
+                seconds += start + sum(read(run)[-1]["elapsed_s"] - start for kind in ("offline", "online")
+                                       if (run := base.parents[1] / f"{algo}-seed{s}-{kind}").exists())
         for kind in ("offline", "online"):
-            runs = [Path(args.out) / f"{algo}-seed{s}-{kind}" / "metrics.jsonl" for s in args.seeds]
-            recs = [[json.loads(x) for x in r.read_text().splitlines()] for r in runs if r.exists()]
+            runs = [Path(args.out) / f"{algo}-seed{s}-{kind}" for s in args.seeds]
+            recs = [[r for r in read(run) if r["step"] >= args.offline] for run in runs if run.exists()]
             if not recs:
                 continue
-            start = [next(r["normalized_score"] for r in rs if r["step"] == args.offline) for rs in recs]
-            cells = [fmt([np.mean([r["normalized_score"] for r in rs if a < r["step"] <= b])
-                          for rs in recs]) for a, b in halves]
+            score = lambda rs, a, b: [r["normalized_score"] for r in rs if a < r["step"] <= b]  # noqa: E731
+            start = [rs[0]["normalized_score"] for rs in recs]
+            cells = [fmt([np.mean(score(rs, a, b)) for rs in recs]) for a, b in halves]
             online = [fmt([np.mean([r["online_return_mean"] for r in rs if a < r["step"] <= b
                                     and r.get("online_return_mean") is not None]) for rs in recs])
                       if kind == "online" else "–" for a, b in halves]
-            rows.append(f"| {algo} | {kind} | {len(recs)} | {fmt(start)} | " + " | ".join(cells + online) + " |")
-    return "\n".join(rows) + "\n"
+            means.append(f"| {algo} | {kind} | {len(recs)} | {fmt(start)} | " + " | ".join(cells + online) + " |")
+            steps = [r["step"] for r in recs[0]]
+            if not curves:
+                curves = ["| algorithm | arm | " + " | ".join(f"{x / 1000:g}k" for x in steps) + " |",
+                          "|" + "---|" * (2 + len(steps))]
+            curves.append(f"| {algo} | {'+ online' if kind == 'online' else 'offline'} | " + " | ".join(
+                f"{np.mean([rs[i]['normalized_score'] for rs in recs]):.0f}" for i in range(len(steps))) + " |")
+    return "\n".join(means + ["", "Seed-mean score at each evaluation of the continuation:", ""] + curves
+                     + ["", f"Run-minutes: {seconds / 60:.1f}"]) + "\n"
 
 
 def main(argv=None) -> None:
@@ -114,7 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--table", default=None, help="write tools/table.py's table and curves here when done")
     p.add_argument("--summary", action="store_true",
-                   help="train nothing: print each arm's mean score over each half of the continuation")
+                   help="train nothing: print the runs' scores per half of the continuation, curves, run-minutes")
     args = p.parse_args(argv)
     if args.summary:
         print(summary(args), end="")

@@ -23,6 +23,7 @@ from conftest import (
     ROOT,
     SHIPPED,
     assert_same_networks,
+    load_algorithm,
     load_tool,
     make_config,
     read_metrics,
@@ -342,12 +343,10 @@ def test_evaluate_a_finished_run_without_its_dataset(algo, tmp_path):
     assert [json.loads(r)["n_episodes"] for r in (run / "evaluations.jsonl").read_text().splitlines()] == [3, 2]
 
 
-
 def test_save_video_records_an_evaluation_episode_per_evaluation_and_logs_it(tmp_path, monkeypatch):
     """MP4s in the run folder and in the offline wandb run, at training and from --evaluate."""
     import imageio.v3 as iio
 
-    from conftest import load_algorithm
     td3_bc = load_algorithm("td3_bc")
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -90,6 +90,7 @@ def data_mean_score(cfg: dict):
     """Mean normalised episode return of a Minari dataset found locally; for a maze dataset with the
     maker's summary.json (tools/make_maze_dataset.py) 100 x its behaviour policy's success rate; else None."""
     try:
+        import gymnasium as gym
         import minari
         if cfg.get("dataset_path"):
             folder = dataset_folder(cfg)
@@ -98,7 +99,7 @@ def data_mean_score(cfg: dict):
             ds = minari.load_dataset(cfg["dataset_id"])
     except Exception:  # D4RL files, data not on this machine
         return None
-    if isinstance(ds.observation_space, gym_dict_space()):
+    if isinstance(ds.observation_space, gym.spaces.Dict):
         summary = Path(ds.storage.data_path).parent / "summary.json"
         return 100 * json.loads(summary.read_text())["behaviour_success_rate"] if summary.exists() else None
     meta = ds.storage.metadata
@@ -107,11 +108,6 @@ def data_mean_score(cfg: dict):
         return None
     returns = np.array([ep.rewards.sum() for ep in ds.iterate_episodes()])
     return float(100 * (returns.mean() - lo) / (hi - lo))
-
-
-def gym_dict_space():
-    import gymnasium as gym
-    return gym.spaces.Dict
 
 
 def paper_score(algo: str, dataset: str, online: bool):
